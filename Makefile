@@ -1,0 +1,36 @@
+# The two README commands: `make run` (the pipeline on the default data) and `make test`.
+# Each creates .venv and installs the project on first use, so either works first on a fresh clone.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Stage commands (python -m stages.*) must run in the venv's interpreter.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test bench lint clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	dvc repro
+	python -m alexnet.summary
+
+test: install
+	python -m pytest -q
+
+bench: install
+	python benchmarks/preprocess.py
+	python benchmarks/model.py
+	python benchmarks/loader.py
+
+lint: install
+	ruff check alexnet stages flows tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,215 @@
+"""Typed, frozen params: params.yaml is loaded once, at the entry point, into these objects.
+
+The field defaults are the paper's settings (../shared/PAPER.md); params.yaml holds the
+project's default demo profile, and every place it departs from the paper is a named key.
+Unknown keys, wrong types and impossible values fail before any work, naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    # frozen: params are facts of a run, never mutated; forbid: a typo is an error, not a no-op.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class SyntheticParams(_Section):
+    """The built-in synthetic ImageNet-layout dataset (the default source)."""
+
+    classes: int = Field(10, ge=2, le=1000)
+    train_per_class: int = Field(150, ge=1)
+    val_per_class: int = Field(50, ge=1)
+    min_side: int = Field(150, ge=32)
+    max_side: int = Field(500, ge=32)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sides(self) -> SyntheticParams:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side={self.min_side} must not exceed max_side={self.max_side}")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synthetic", "imagenet", "folder"] = "synthetic"
+    # Root of the image tree for source=imagenet|folder (relative to the project root).
+    root: Path | None = None
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _root(self) -> DataParams:
+        if self.source != "synthetic" and self.root is None:
+            raise ValueError(f"root is required when source={self.source!r} (a folder holding train/ and val/)")
+        return self
+
+
+class PreprocessParams(_Section):
+    stored_size: int = Field(256, ge=32, le=1024)  # §2: shorter side -> 256, central 256x256
+    format: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    shard_size: int = Field(1024, ge=1)  # images per shard
+    workers: int = Field(2, ge=1)
+
+
+class ModelParams(_Section):
+    towers: Literal[1, 2] = 2  # §3.2: two towers, half of the kernels each
+    lrn: bool = True  # §3.3
+    lrn_impl: Literal["fast", "torch"] = "fast"  # same formula; "torch" is nn.LocalResponseNorm
+    pooling: Literal["overlapping", "non_overlapping"] = "overlapping"  # §3.4: 3/2 vs 2/2
+    # None: the number of classes in the prepared dataset.
+    num_classes: int | None = Field(None, ge=2)
+    crop_size: int = Field(224, ge=32)  # §4.1: 224x224 patches of the 256x256 image
+    # One device, or two: tower A on the first, tower B on the second (§3.2).
+    devices: tuple[str, ...] = ("cpu",)
+    init: Literal["paper", "kaiming"] = "paper"  # §5: N(0, 0.01), biases 1 in conv2,4,5, fc6,7
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # §4.2
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) not in (1, 2):
+            raise ValueError(f"give one or two devices, got {len(v)}: {list(v)}")
+        for d in v:
+            if not (d == "cpu" or d == "cuda" or d.startswith("cuda:") or d == "mps"):
+                raise ValueError(f"unknown device {d!r}; allowed: cpu, cuda, cuda:N, mps")
+        return v
+
+
+class AugmentParams(_Section):
+    flip: bool = True  # §4.1: horizontal reflections
+    pca_lighting: bool = True  # §4.1: PCA colour augmentation
+    pca_std: float = Field(0.1, ge=0.0)  # a_i ~ N(0, 0.1)
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    epochs: int = Field(90, ge=1)  # §5: about 90 epochs
+    batch_size: int = Field(128, ge=1)  # §5
+    lr: float = Field(0.01, gt=0.0)  # §5
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    # §5: lr divided by lr_factor's inverse when val error stops improving, lr_drops times.
+    lr_factor: float = Field(0.1, gt=0.0, lt=1.0)
+    lr_patience: int = Field(5, ge=0)  # epochs without improvement before a drop
+    lr_drops: int = Field(3, ge=0)
+    # "paper": v <- m v - wd eps w - eps g (§5); "pytorch": torch.optim.SGD's v <- m v + g + wd w.
+    update_rule: Literal["paper", "pytorch"] = "paper"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    deterministic: bool = False
+    workers: int = Field(2, ge=1)  # background loader processes
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
+    augment: AugmentParams = AugmentParams()
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(128, ge=1)
+    ten_crop: bool = True  # §4.1: four corners + centre and their mirrors
+
+
+class EnsembleParams(_Section):
+    members: int = Field(1, ge=1)  # §6: the paper averages 5
+    concurrency: int = Field(1, ge=1)  # members trained side by side
+    retries: int = Field(1, ge=0)
+
+
+class TrackingParams(_Section):
+    # None: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the project.
+    uri: str | None = None
+    experiment: str = Field("alexnet", min_length=1)
+    registered_model: str = Field("alexnet-ensemble", min_length=1)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    ensemble: EnsembleParams = EnsembleParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+def _check_across_sections(params: Params, source: str) -> None:
+    # Checks that span sections live here so the message can name the key, not "<root>".
+    if params.model.crop_size > params.preprocess.stored_size:
+        raise ParamsError(
+            f"{source}: invalid params\n  model.crop_size: {params.model.crop_size} is larger than "
+            f"preprocess.stored_size={params.preprocess.stored_size}; crops are cut from the stored image"
+        )
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            owner = _section_at(e["loc"][:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "?"
+            msg = f"unknown key; allowed keys{' in ' + section if section else ''}: {allowed}"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {got!r}"
+        lines.append(f"  {key or '<root>'}: {msg}{got_text}")
+    return f"{source}: invalid params\n" + "\n".join(lines)
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        params = Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+    _check_across_sections(params, source)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate params.yaml (the one source of settings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Params as {"train.lr": 0.01, ...}: for MLflow and metrics files."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", params.model_dump(mode="json"))
+    return out
