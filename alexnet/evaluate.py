@@ -1,0 +1,98 @@
+"""§4.1/§6 testing: top-1/top-5 error with the centre crop and the ten patches, ensembles, reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
+from alexnet.metrics import confusion_matrix, per_class_accuracy, topk_errs
+
+VIEWS = ("center", "ten_crop")
+
+
+def average_probs(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """§6: an ensemble's prediction is the average of its members' softmax outputs."""
+    return torch.stack(list(member_probs)).mean(dim=0)
+
+
+def save_probs(path: str | Path, probs: torch.Tensor) -> None:
+    """Per-image class probabilities (N, C) as float32 .npy, so ensembles need no second forward pass."""
+    atomic_write(path, lambda f: np.save(f, probs.numpy().astype(np.float32)))
+
+
+def load_probs(path: str | Path) -> torch.Tensor:
+    return torch.from_numpy(np.load(path, allow_pickle=False))
+
+
+def ensemble_report(
+    members: Mapping[str, Mapping[str, torch.Tensor]], labels: torch.Tensor
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Errors of every member and of their average, per view.
+
+    `members` maps a member name to {"center": probs, "ten_crop": probs} (a view may be absent).
+    Returns (metrics, ensemble probabilities per view). The top-level "center"/"ten_crop" entries
+    are the ensemble's: the product's headline figures (with one member, that member's).
+    """
+    views = [v for v in VIEWS if all(v in m for m in members.values())]
+    ensemble = {v: average_probs([m[v] for m in members.values()]) for v in views}
+    metrics: dict[str, Any] = {v: topk_errs(ensemble[v], labels) for v in views}
+    metrics["ensemble"] = {v: dict(metrics[v]) for v in views}
+    metrics["ensemble"]["members"] = len(members)
+    metrics["members"] = {name: {v: topk_errs(m[v], labels) for v in views} for name, m in members.items()}
+    metrics["images"] = int(labels.shape[0])
+    return metrics, ensemble
+
+
+def write_per_class(path: str | Path, probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> None:
+    acc = per_class_accuracy(probs, labels)
+    count = torch.bincount(labels.long(), minlength=len(class_names))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["label", "class", "images", "top1_acc"])
+    for i, name in enumerate(class_names):
+        writer.writerow([i, name, int(count[i]), f"{float(acc[i]):.6f}" if count[i] else ""])
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_confusion_png(path: str | Path, probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                        title: str) -> None:
+    """Row-normalised confusion matrix image (true class per row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    cm = confusion_matrix(probs, labels).double()
+    rows = cm.sum(dim=1, keepdim=True).clamp(min=1)
+    norm = (cm / rows).numpy()
+    n = len(class_names)
+    size = min(4 + 0.35 * n, 40)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 50:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
+    atomic_write_json(path, dict(metrics))

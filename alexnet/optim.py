@@ -1,0 +1,100 @@
+"""§5 learning: the paper's SGD update rule and its plateau learning-rate schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD exactly as §5 writes it: v <- m v - wd eps w - eps grad;  w <- w + v.
+
+    torch.optim.SGD keeps v' <- m v' + grad + wd w and steps w <- w - eps v'. With a constant
+    learning rate eps the two are the same (v = -eps v'). They differ when eps changes: here the
+    velocity keeps the step size it was built with and decays over ~1/(1-m) steps, while PyTorch's
+    velocity is rescaled by the new eps at once. `train.update_rule: pytorch` picks torch's rule.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay: float):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        assert closure is None, "PaperSGD takes no closure"
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                velocities.append(state["velocity"])
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            # foreach ops: one fused pass per tensor list, not one Python op per parameter.
+            torch._foreach_mul_(velocities, m)
+            if wd:
+                torch._foreach_add_(velocities, params, alpha=-wd * lr)
+            torch._foreach_add_(velocities, grads, alpha=-lr)
+            torch._foreach_add_(params, velocities)
+
+
+def make_optimizer(
+    params: Iterable[torch.Tensor],
+    *,
+    rule: Literal["paper", "pytorch"],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    if rule == "paper":
+        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class PlateauSchedule:
+    """§5: divide the learning rate by 10 when validation error stops improving, `drops` times,
+    then stop at the next plateau. `patience` epochs without a new best count as a plateau."""
+
+    def __init__(self, lr: float, *, factor: float, patience: int, drops: int):
+        self.lr = lr
+        self.factor = factor
+        self.patience = patience
+        self.drops = drops
+        self.best = float("inf")
+        self.bad_epochs = 0
+        self.drops_done = 0
+
+    def step(self, val_err: float) -> Literal["keep", "drop", "stop"]:
+        """Record one epoch's validation error; say whether to keep, drop the rate, or stop."""
+        if val_err < self.best:
+            self.best = val_err
+            self.bad_epochs = 0
+            return "keep"
+        self.bad_epochs += 1
+        if self.bad_epochs <= self.patience:
+            return "keep"
+        self.bad_epochs = 0
+        if self.drops_done >= self.drops:
+            return "stop"
+        self.drops_done += 1
+        self.lr *= self.factor
+        return "drop"
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(lr=self.lr, best=self.best, bad_epochs=self.bad_epochs, drops_done=self.drops_done)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = float(state["lr"])
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.drops_done = int(state["drops_done"])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,193 @@
+"""§5 training: plain functions for one epoch and for a whole run with exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from alexnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexnet.metrics import topk_err, topk_errs
+from alexnet.optim import PlateauSchedule, make_optimizer, set_lr
+
+log = logging.getLogger(__name__)
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the first device's type; fp32 runs as written."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def configure_determinism(deterministic: bool, threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    # warn_only=False: an op with no deterministic kernel fails loudly instead of drifting.
+    torch.use_deterministic_algorithms(deterministic)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+
+
+def _to(batch: tuple[torch.Tensor, torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = batch
+    non_blocking = torch.device(device).type == "cuda"
+    images = images.to(device, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=non_blocking)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: str,
+    precision: str,
+    total: int | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over `batches`; returns mean loss, top-1 error and images/s."""
+    model.train()
+    loss_sum, err_sum, seen = 0.0, 0.0, 0
+    start = time.perf_counter()
+    bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        images, labels = _to(batch, device)
+        with autocast(device, precision):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = labels.shape[0]
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{desc}: loss became {loss_value}; lower train.lr or check the data")
+        loss_sum += loss_value * n
+        err_sum += topk_err(logits.detach().float(), labels, 1) * n
+        seen += n
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", err=f"{err_sum / seen:.3f}", img_s=f"{rate:.0f}")
+    elapsed = time.perf_counter() - start
+    if seen == 0:
+        raise ValueError(f"{desc}: no training batch (fewer images than train.batch_size?)")
+    return {"loss": loss_sum / seen, "top1_err": err_sum / seen, "images_per_s": seen / elapsed}
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    batches: Batches,
+    *,
+    device: str,
+    precision: str,
+    total: int | None = None,
+    desc: str = "predict",
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (N, C) and labels (N,). Batches of (B, V, 3, c, c) views (ten patches)
+    are averaged over V after the softmax (§4.1: the network's predictions on the ten patches)."""
+    model.eval()
+    probs, labels_all = [], []
+    for images, labels in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+        views = images.shape[1] if images.dim() == 5 else 1
+        flat = images.reshape(-1, *images.shape[-3:])
+        flat, labels = _to((flat, labels), device)
+        with autocast(device, precision):
+            logits = model(flat)
+        p = logits.float().softmax(dim=1).reshape(labels.shape[0], views, -1).mean(dim=1)
+        probs.append(p.cpu())
+        labels_all.append(labels.cpu())
+    return torch.cat(probs), torch.cat(labels_all)
+
+
+def fit(
+    model: torch.nn.Module,
+    *,
+    train_batches: Callable[[int], Batches],
+    val_batches: Callable[[], Batches],
+    train_steps: int | None,
+    val_steps: int | None,
+    checkpoint_path: str | Path,
+    device: str,
+    precision: str,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    update_rule: str,
+    lr_factor: float,
+    lr_patience: int,
+    lr_drops: int,
+    meta: dict[str, Any],
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+    name: str = "train",
+) -> list[dict[str, float]]:
+    """Train until the epoch budget or the schedule's last plateau; checkpoint every epoch.
+
+    If `checkpoint_path` exists, training resumes from it: model, optimizer velocity, schedule,
+    RNG states and history are restored, so the run continues exactly where it stopped.
+    `meta` (resolved params, data version, commit) is stored in every checkpoint.
+    Returns the per-epoch history.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    optimizer = make_optimizer(
+        model.parameters(), rule=update_rule, lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    schedule = PlateauSchedule(lr, factor=lr_factor, patience=lr_patience, drops=lr_drops)
+    history: list[dict[str, float]] = []
+    start_epoch, finished = 0, False
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        set_rng_state(state["rng"])
+        history = list(state["history"])
+        start_epoch, finished = int(state["epoch"]), bool(state["finished"])
+        log.info("%s: resuming from %s after epoch %d%s", name, checkpoint_path, start_epoch,
+                 " (already finished)" if finished else "")
+    for epoch in _epochs(start_epoch, epochs, finished):
+        set_lr(optimizer, schedule.lr)
+        stats = train_one_epoch(model, train_batches(epoch), optimizer, device=device, precision=precision,
+                                total=train_steps, desc=f"{name} epoch {epoch + 1}/{epochs}", progress=progress)
+        probs, labels = predict(model, val_batches(), device=device, precision=precision, total=val_steps,
+                                desc=f"{name} val", progress=progress)
+        val = topk_errs(probs, labels)
+        row = {"epoch": epoch + 1, "lr": schedule.lr, "train_loss": stats["loss"],
+               "train_top1_err": stats["top1_err"], "val_top1_err": val["top1_err"],
+               "val_top5_err": val["top5_err"], "images_per_s": stats["images_per_s"]}
+        history.append(row)
+        action = schedule.step(val["top1_err"])
+        finished = action == "stop" or epoch + 1 == epochs
+        log.info("%s epoch %d: loss %.4f, val top-1 %.4f top-5 %.4f, lr %.2g, %.0f img/s%s", name, epoch + 1,
+                 row["train_loss"], row["val_top1_err"], row["val_top5_err"], row["lr"], row["images_per_s"],
+                 {"drop": ", lr drops next epoch", "stop": ", last plateau: stopping"}.get(action, ""))
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "rng": rng_state(), "history": history,
+            "epoch": epoch + 1, "finished": finished, "meta": meta,
+        })
+        if on_epoch is not None:
+            on_epoch(row)
+        if finished:
+            break
+    return history
+
+
+def _epochs(start: int, total: int, finished: bool) -> Iterator[int]:
+    if not finished:
+        yield from range(start, total)
