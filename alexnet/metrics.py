@@ -25,9 +25,7 @@ def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     num_classes = scores.shape[1]
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got min {int(labels.min())}, max {int(labels.max())}"
-        )
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(labels.min())}, max {int(labels.max())}")
 
 
 def rank_of_label(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

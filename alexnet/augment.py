@@ -1,0 +1,207 @@
+"""Augmentation and test-time views (§4.1) as pure batch functions with an explicit generator.
+
+Every random choice is drawn from the `torch.Generator` passed in, never from a global RNG, so
+a seed fixes the output exactly (in the style of cifar10-airbench's `batch_crop` and
+`batch_flip_lr`). Crops and flips run on uint8 (cheap); the conversion to float happens once.
+
+Layouts and units:
+- in:  images uint8 (N, S, S, 3), RGB, 0..255, as `ShardSet.read` returns them (after
+       `torch.from_numpy`); mean float32 (S, S, 3) in 0..255; eigenvalues (3,) of the RGB
+       covariance in 0..255 pixel units (variances, so pixel^2); eigenvectors (3, 3), columns.
+- out: float32 (N, 3, c, c) "NCHW" in 0..255 units minus the mean image (no /255: the paper
+       scales nothing), then divided by `divisor` (1.0, the paper, unless asked). The tensor is
+       a permuted view of NHWC data, so it is in `torch.channels_last` memory format; convs on
+       CPU take that layout directly, `.contiguous()` gives the classic layout if wanted.
+
+Mean subtraction (§2) is of the full stored image, so a crop subtracts the SAME window of the
+mean image, mirrored when the crop is mirrored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+PcaScale = Literal["unit_range", "sqrt", "pixel_range"]
+
+# Ten-crop order (§4.1): the four corners and the centre, then the same five windows mirrored.
+# View v + 5 is exactly view v flipped left-right. (torchvision's TenCrop instead crops the
+# flipped image, so its mirrored top-left is the mirror of the top-RIGHT window; same set of ten.)
+TEN_CROP_VIEWS = (
+    "top_left", "top_right", "bottom_left", "bottom_right", "center",
+    "top_left_mirrored", "top_right_mirrored", "bottom_left_mirrored", "bottom_right_mirrored",
+    "center_mirrored",
+)  # fmt: skip
+
+
+def random_crop_offsets(
+    n: int, stored_size: int, crop_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ys, xs), each int64 (N,): top-left corners uniform over every position in [0, S - c]."""
+    if not 0 < crop_size <= stored_size:
+        raise ValueError(f"crop_size={crop_size} must be in [1, stored_size={stored_size}]")
+    ys = torch.randint(0, stored_size - crop_size + 1, (n,), generator=generator)
+    xs = torch.randint(0, stored_size - crop_size + 1, (n,), generator=generator)
+    return ys, xs
+
+
+def random_flips(n: int, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """bool (N,): which images to mirror, each with probability p (§4.1: p = 0.5)."""
+    return torch.rand(n, generator=generator) < p
+
+
+def batch_crop(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """(N, c, c, C) crops of images (N, H, W, C) at per-image top-left corners (ys, xs)."""
+    n, c = images.shape[0], crop_size
+    out = images.new_empty((n, c, c, images.shape[3]))
+    for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist(), strict=True)):
+        out[i] = images[i, y : y + c, x : x + c]
+    return out
+
+
+def batch_flip_lr(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Images (N, H, W, C) with the ones where flips (N,) is True mirrored left-right."""
+    out = images.clone()
+    out[flips] = images[flips].flip(2)
+    return out
+
+
+def subtract_mean(
+    crops: torch.Tensor, mean: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor
+) -> torch.Tensor:
+    """float32 (N, c, c, 3): crops (N, c, c, 3) minus the window of mean (S, S, 3) they came from.
+
+    The window of crop i is mean[ys[i]:ys[i]+c, xs[i]:xs[i]+c], mirrored where flips[i].
+    """
+    c, s = crops.shape[1], mean.shape[1]
+    mean = mean.float()
+    mirrored = mean.flip(1)  # the mirrored window at x is mirrored[:, s-c-x : s-x], a view
+    out = torch.empty(crops.shape, dtype=torch.float32)
+    for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
+        window = mirrored[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c]
+        torch.sub(crops[i], window, out=out[i])
+    return out
+
+
+def lighting_shift(
+    n: int,
+    eigenvalues: torch.Tensor,
+    eigenvectors: torch.Tensor,
+    std: float,
+    generator: torch.Generator,
+    scale: PcaScale = "unit_range",
+) -> torch.Tensor:
+    """float32 (N, 3): one RGB shift per image (§4.1), in 0..255 units, added to every pixel.
+
+    shift = [p1 p2 p3] [a1 w1, a2 w2, a3 w3]^T with a_i ~ N(0, std) drawn per image, where the
+    weights w come from the eigenvalues l (given in 0..255 pixel units, i.e. pixel^2) by `scale`:
+    - "unit_range": w = l / 255, the paper's formula with the covariance of pixel values taken
+      in [0, 1] (l / 255^2), the shift then expressed in 0..255 units. On Imagenette the first
+      axis moves by about 5 pixel levels (std), a mild change of illumination.
+    - "sqrt": w = sqrt(l), 10 % of the natural spread along each principal axis; what common
+      re-implementations do (fb.resnet.torch, ClassyVision). About 12 levels on Imagenette.
+    - "pixel_range": w = l, the formula with the covariance in 0..255 units: std about 1300
+      levels on natural images, which buries the image. Kept only to show why not.
+    The shift's covariance is P diag(std^2 w^2) P^T.
+    """
+    eigenvalues = eigenvalues.double()
+    if scale == "unit_range":
+        weights = eigenvalues / 255.0
+    elif scale == "sqrt":
+        weights = eigenvalues.clamp(min=0).sqrt()
+    elif scale == "pixel_range":
+        weights = eigenvalues
+    else:
+        raise ValueError(f"unknown PCA lighting scale {scale!r}; allowed: unit_range, sqrt, pixel_range")
+    alphas = torch.randn(n, 3, generator=generator, dtype=torch.float64) * std  # (N, 3)
+    return ((alphas * weights) @ eigenvectors.double().T).float()  # rows: P (a * w)
+
+
+def _to_nchw(x: torch.Tensor, divisor: float | torch.Tensor) -> torch.Tensor:
+    # x float32 (..., c, c, 3) -> (..., 3, c, c), channels_last memory (a permuted view).
+    if not (isinstance(divisor, float | int) and divisor == 1):
+        x.div_(torch.as_tensor(divisor, dtype=torch.float32))
+    return x.movedim(-1, -3)
+
+
+def train_augment(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    eigenvectors: torch.Tensor,
+    *,
+    crop_size: int,
+    generator: torch.Generator,
+    flip: bool = True,
+    pca_lighting: bool = True,
+    pca_std: float = 0.1,
+    pca_scale: PcaScale = "unit_range",
+    divisor: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """§4.1 training input: random crop, random mirror, PCA lighting, minus the mean window.
+
+    images uint8 (N, S, S, 3) -> float32 (N, 3, c, c), channels_last memory. The generator is
+    always asked for crops, flips and lighting in that order, whatever `flip`/`pca_lighting`
+    say, so switching one augmentation off leaves the others' draws unchanged.
+    `divisor` (a float or a (3,) per-channel tensor) divides the result; 1.0 is the paper.
+    """
+    _check_images(images, mean)
+    n = images.shape[0]
+    ys, xs = random_crop_offsets(n, images.shape[1], crop_size, generator)
+    flips = random_flips(n, generator)
+    shift = lighting_shift(n, eigenvalues, eigenvectors, pca_std, generator, pca_scale)
+    if not flip:
+        flips = torch.zeros_like(flips)
+    crops = batch_flip_lr(batch_crop(images, ys, xs, crop_size), flips)  # uint8 (N, c, c, 3)
+    x = subtract_mean(crops, mean, ys, xs, flips)  # float32 (N, c, c, 3)
+    if pca_lighting:
+        x += shift[:, None, None, :]
+    return _to_nchw(x, divisor)
+
+
+def center_crop(
+    images: torch.Tensor, mean: torch.Tensor, *, crop_size: int, divisor: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """Test input: the central c x c patch minus the same window of the mean, float32 (N, 3, c, c)."""
+    _check_images(images, mean)
+    y = x = (images.shape[1] - crop_size) // 2
+    window = images[:, y : y + crop_size, x : x + crop_size]  # uint8 (N, c, c, 3)
+    out = torch.sub(window, mean[y : y + crop_size, x : x + crop_size].float())
+    return _to_nchw(out, divisor)
+
+
+def ten_crop_offsets(stored_size: int, crop_size: int) -> list[tuple[int, int, bool]]:
+    """The ten (y, x, mirrored) views in TEN_CROP_VIEWS order."""
+    if not 0 < crop_size <= stored_size:
+        raise ValueError(f"crop_size={crop_size} must be in [1, stored_size={stored_size}]")
+    far, mid = stored_size - crop_size, (stored_size - crop_size) // 2
+    five = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+    return [(y, x, False) for y, x in five] + [(y, x, True) for y, x in five]
+
+
+def ten_crop(
+    images: torch.Tensor, mean: torch.Tensor, *, crop_size: int, divisor: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """§4.1 test views: float32 (N, 10, 3, c, c) in TEN_CROP_VIEWS order, mean window subtracted.
+
+    `.flatten(0, 1)` gives (N * 10, 3, c, c) as a view, image-major (image i's views are rows
+    10 i .. 10 i + 9), ready for one forward pass; average the softmax over the 10 afterwards.
+    """
+    _check_images(images, mean)
+    c = crop_size
+    mean = mean.float()
+    out = torch.empty((images.shape[0], 10, c, c, 3), dtype=torch.float32)
+    for v, (y, x, mirrored) in enumerate(ten_crop_offsets(images.shape[1], c)):
+        diff = torch.sub(images[:, y : y + c, x : x + c], mean[y : y + c, x : x + c])  # (N, c, c, 3)
+        out[:, v] = diff.flip(2) if mirrored else diff
+    return _to_nchw(out, divisor)
+
+
+def _check_images(images: torch.Tensor, mean: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[3] != 3:
+        raise ValueError(f"images must be uint8 (N, S, S, 3), got {images.dtype} {tuple(images.shape)}")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be square, got {tuple(images.shape[1:3])}")
+    if tuple(mean.shape) != tuple(images.shape[1:]):
+        raise ValueError(f"mean must be (S, S, 3) = {tuple(images.shape[1:])}, got {tuple(mean.shape)}")
