@@ -19,7 +19,7 @@ install: $(STAMP)
 
 run: install
 	dvc repro
-	python -m alexnet.summary
+	python -m alexnet.summary reports/metrics.json
 
 test: install
 	python -m pytest -q

@@ -96,3 +96,58 @@ def write_confusion_png(path: str | Path, probs: torch.Tensor, labels: torch.Ten
 
 def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
     atomic_write_json(path, dict(metrics))
+
+
+def write_comparison_png(path: str | Path, metrics: Mapping[str, Any]) -> None:
+    """Bar chart: every member against the ensemble, top-1/top-5 error, centre and ten-crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*metrics["members"], "ensemble"]
+    rows = [*metrics["members"].values(), metrics["ensemble"]]
+    series = [(view, k) for view in VIEWS if view in metrics for k in ("top1_err", "top5_err")]
+    fig, ax = plt.subplots(figsize=(2 + 1.2 * len(names), 4))
+    width = 0.8 / max(len(series), 1)
+    for s, (view, k) in enumerate(series):
+        xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [row[view][k] for row in rows], width, label=f"{view} {k.replace('_err', '')}")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("error")
+    ax.set_title("members against the ensemble (§6)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def read_class_names(classes_csv: str | Path) -> list[str]:
+    """Names in label order from the prepare stage's classes file (label, wnid, name)."""
+    with open(classes_csv, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["label"]))
+    return [r.get("name") or r["wnid"] for r in rows]
+
+
+def evaluate_ensemble(
+    member_probs: Mapping[str, Mapping[str, str | Path]],
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    reports_dir: str | Path,
+    metrics_path: str | Path,
+) -> dict[str, Any]:
+    """Members' saved probabilities -> ensemble probabilities, metrics.json and the report images."""
+    reports_dir = Path(reports_dir)
+    members = {name: {view: load_probs(p) for view, p in views.items()} for name, views in member_probs.items()}
+    metrics, ensemble = ensemble_report(members, labels)
+    for view, probs in ensemble.items():
+        save_probs(reports_dir / "predictions" / f"ensemble.{view}.npy", probs)
+    best = "ten_crop" if "ten_crop" in ensemble else "center"
+    write_per_class(reports_dir / "per_class.csv", ensemble[best], labels, class_names)
+    write_confusion_png(reports_dir / "confusion.png", ensemble[best], labels, class_names,
+                        title=f"ensemble of {len(members)}, {best}")
+    write_comparison_png(reports_dir / "ensemble.png", metrics)
+    write_metrics(metrics_path, metrics)
+    return metrics
