@@ -1,0 +1,297 @@
+"""MLflow tracking for real on a temporary SQLite store: nested runs, params, tags, histories,
+best-effort epoch logging, fail-fast checks, the registry's champion alias, and models that load
+back by `models:/<name>@champion` in a process that cannot import this repo."""
+
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alexnet.config import Params, flatten
+from alexnet.tracking import (
+    SoftmaxAverage,
+    Tracker,
+    TrackingUnavailable,
+    check_tracking,
+    flatten_numbers,
+    local_artifact_root,
+    provenance_tags,
+    resolve_tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TAGS = provenance_tags(git_commit="abc123", data_version="d41d8cd9", dataset="synthetic", devices=["cpu"])
+METRICS = {  # evaluate.ensemble_report's layout
+    "center": {"top1_err": 0.40, "top5_err": 0.10},
+    "ten_crop": {"top1_err": 0.35, "top5_err": 0.08},
+    "ensemble": {"center": {"top1_err": 0.40, "top5_err": 0.10},
+                 "ten_crop": {"top1_err": 0.35, "top5_err": 0.08}, "members": 2},
+    "members": {"m0": {"center": {"top1_err": 0.45, "top5_err": 0.12}},
+                "m1": {"center": {"top1_err": 0.47, "top5_err": 0.13}}},
+    "images": 500,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_net(seed: int, classes: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Dropout(0.5), nn.Linear(4, classes))
+
+
+def history(offset: float, epochs: int = 3) -> list[dict[str, float]]:
+    return [{"epoch": e, "lr": 0.01, "train_loss": 2.0 - 0.1 * e + offset, "train_top1_err": 0.9 - 0.1 * e,
+             "val_top1_err": 0.8 - 0.1 * e + offset, "val_top5_err": 0.3, "images_per_s": 100.0 + e}
+            for e in range(1, epochs + 1)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module: creating its tables takes seconds."""
+    root = tmp_path_factory.mktemp("project")
+    return root, resolve_tracking_uri("sqlite:///mlflow.db", root)
+
+
+@pytest.fixture(scope="module")
+def ensemble(store):
+    """A parent run with two members, their epoch histories, final metrics and models."""
+    root, uri = store
+    tracker = Tracker(uri, "unit", local_artifact_root(uri, root))
+    params = {**flatten(Params()), **{f"extra.k{i}": i for i in range(120)}}  # > 100: several batches
+    parent = tracker.start_parent("ensemble-a", params, TAGS)
+    members, nets = {}, {}
+    for i, name in enumerate(["m0", "m1"]):
+        run_id = tracker.start_member(parent, name, {"train.seed": i}, TAGS)
+        for row in history(0.01 * i):
+            tracker.log_epoch(run_id, row, step=int(row["epoch"]))
+        tracker.log_metrics(run_id, {"center": METRICS["members"][name]["center"]})
+        members[name], nets[name] = run_id, small_net(i)
+        tracker.end(run_id)
+    tracker.log_metrics(parent, METRICS)
+    example = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    member_uri = tracker.log_model(members["m0"], nets["m0"], example, "model")
+    ensemble_uri = tracker.log_ensemble(parent, list(nets.values()), example)
+    tracker.end(parent)
+    return {"tracker": tracker, "parent": parent, "members": members, "nets": nets, "params": params,
+            "example": example, "member_uri": member_uri, "ensemble_uri": ensemble_uri}
+
+
+def test_uri_param_beats_env_beats_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://tracking:5000"
+    assert resolve_tracking_uri("sqlite:///runs/x.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs/x.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert local_artifact_root("http://tracking:5000", tmp_path) is None
+    assert local_artifact_root("sqlite:////abs/x.db", tmp_path) == tmp_path.resolve() / "mlartifacts"
+
+
+def test_unreachable_server_fails_fast_naming_the_uri():
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingUnavailable) as err:
+        check_tracking(uri)
+    assert uri in str(err.value)
+    assert "MLFLOW_TRACKING_URI" in str(err.value) and "mlflow server" in str(err.value)
+
+
+def test_sqlite_check_creates_the_folder_and_names_a_bad_one(tmp_path):
+    check_tracking(f"sqlite:///{tmp_path}/new/dir/mlflow.db")
+    assert (tmp_path / "new" / "dir").is_dir()
+    (tmp_path / "file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path}/file/mlflow.db"
+    with pytest.raises(TrackingUnavailable, match="file/mlflow.db"):
+        check_tracking(uri)
+
+
+def test_parent_params_and_tags(ensemble):
+    client = ensemble["tracker"].client
+    run = client.get_run(ensemble["parent"])
+    assert run.data.params["train.lr"] == "0.01"
+    assert run.data.params["model.devices"] == '["cpu"]'
+    assert run.data.params["extra.k119"] == "119"
+    assert len(run.data.params) == len(ensemble["params"])
+    for key in ("git_commit", "data_version", "dataset", "devices", "mlflow.source.git.commit"):
+        assert run.data.tags[key] == TAGS[key]
+    assert run.data.tags["role"] == "ensemble"
+    assert run.info.status == "FINISHED"
+
+
+def test_metrics_json_is_flattened(ensemble):
+    metrics = ensemble["tracker"].client.get_run(ensemble["parent"]).data.metrics
+    assert metrics == flatten_numbers(METRICS)
+    assert metrics["ensemble.ten_crop.top1_err"] == 0.35
+    assert metrics["members.m1.center.top5_err"] == 0.13
+    assert metrics["ensemble.members"] == 2
+
+
+def test_members_are_nested_with_epoch_histories(ensemble):
+    tracker, parent = ensemble["tracker"], ensemble["parent"]
+    assert tracker.members(parent) == ensemble["members"]
+    for i, (name, run_id) in enumerate(ensemble["members"].items()):
+        run = tracker.client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.tags["member"] == name and run.data.tags["git_commit"] == "abc123"
+        assert run.data.params == {"train.seed": str(i)}
+        expected = history(0.01 * i)
+        for key in ("val_top1_err", "train_loss", "lr", "images_per_s"):
+            got = sorted((m.step, m.value) for m in tracker.client.get_metric_history(run_id, key))
+            assert got == [(int(r["epoch"]), pytest.approx(r[key])) for r in expected]
+
+
+def test_retried_member_resumes_its_run(ensemble):
+    tracker, parent = ensemble["tracker"], ensemble["parent"]
+    run_id = ensemble["members"]["m1"]
+    assert tracker.find_member(parent, "m1") == run_id
+    assert tracker.find_member(parent, "m9") is None
+    again = tracker.start_member(parent, "m1", {"train.seed": 1}, TAGS)
+    assert again == run_id
+    assert tracker.client.get_run(run_id).info.status == "RUNNING"
+    tracker.end(run_id)
+
+
+def test_tracker_pickles_and_logs_from_threads(ensemble):
+    tracker, parent = ensemble["tracker"], ensemble["parent"]
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert (copy.uri, copy.experiment, copy.experiment_id) == (tracker.uri, tracker.experiment, tracker.experiment_id)
+    ids: dict[str, str] = {}
+
+    def member(name: str) -> None:
+        t = pickle.loads(pickle.dumps(tracker))
+        ids[name] = t.start_member(parent, name, {}, TAGS)
+        for row in history(0.0, epochs=4):
+            t.log_epoch(ids[name], row, step=int(row["epoch"]))
+        t.end(ids[name])
+
+    threads = [threading.Thread(target=member, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, run_id in ids.items():
+        assert tracker.find_member(parent, name) == run_id
+        assert len(tracker.client.get_metric_history(run_id, "val_top1_err")) == 4
+
+
+def test_dead_server_mid_training_warns_once_and_does_not_raise(monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{free_port()}"
+    tracker = Tracker(uri, "unit")
+    with caplog.at_level(logging.WARNING, logger="alexnet.tracking"):
+        for row in history(0.0):
+            tracker.log_epoch("0123456789abcdef", row, step=int(row["epoch"]))
+    warnings = [r for r in caplog.records if r.name == "alexnet.tracking"]
+    assert len(warnings) == 1
+    assert uri in warnings[0].getMessage() and "log_history" in warnings[0].getMessage()
+
+
+def test_artifacts_stay_in_the_project_artifact_folder(ensemble, store, tmp_path, monkeypatch):
+    root, _ = store
+    tracker, parent = ensemble["tracker"], ensemble["parent"]
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "per_class.csv").write_text("label,class\n")
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    tracker.log_artifacts(parent, [tmp_path / "metrics.json", report], artifact_path="eval")
+    listed = {f.path for f in tracker.client.list_artifacts(parent, "eval")}
+    assert listed == {"eval/metrics.json", "eval/report"}
+    assert not (tmp_path / "mlruns").exists()
+    assert list((root / "mlartifacts" / "unit").rglob("per_class.csv"))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        tracker.log_artifacts(parent, [tmp_path / "missing.json"])
+
+
+def test_model_is_not_logged_twice(ensemble):
+    tracker = ensemble["tracker"]
+    run_id = ensemble["members"]["m0"]
+    again = tracker.log_model(run_id, ensemble["nets"]["m0"], ensemble["example"], "model")
+    assert again == ensemble["member_uri"]
+    found = tracker.client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert len(found) == 1
+
+
+def test_champion_alias_moves_only_to_a_better_ensemble(ensemble):
+    tracker, uri = ensemble["tracker"], ensemble["ensemble_uri"]
+    name = "alias-test"
+
+    def champion() -> str:
+        return str(tracker.client.get_model_version_by_alias(name, "champion").version)
+
+    v1 = tracker.register(uri, name, 0.50)
+    assert str(v1.version) == "1" and champion() == "1" and "champion" in v1.aliases
+    assert str(tracker.register(uri, name, 0.60).version) == "2" and champion() == "1"
+    assert str(tracker.register(uri, name, 0.40).version) == "3" and champion() == "3"
+    assert str(tracker.register(uri, name, 0.40).version) == "4" and champion() == "3"  # a tie keeps the holder
+    v3 = tracker.client.get_model_version(name, "3")
+    assert v3.tags["metric_value"] == "0.4" and v3.tags["metric_name"] == "ten_crop.top1_err"
+    assert v3.run_id == ensemble["parent"]
+    higher = "alias-higher"
+    tracker.register(uri, higher, 0.7, lower_is_better=False)
+    tracker.register(uri, higher, 0.9, lower_is_better=False)
+    assert str(tracker.client.get_model_version_by_alias(higher, "champion").version) == "2"
+
+
+# Run in a fresh interpreter that cannot import this repo: no PYTHONPATH, cwd elsewhere, the
+# editable install's finder and the repo's sys.path entries removed before anything is imported.
+NO_REPO = textwrap.dedent("""
+    import sys
+    repo = sys.argv[1]
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", repo)]  # the venv's site-packages stays
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+    sys.path_importer_cache.clear()
+    try:
+        import alexnet  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("alexnet is importable: the check would prove nothing")
+    import mlflow.pytorch, numpy as np, torch
+    x = torch.from_numpy(np.load(sys.argv[2]))
+    for i, uri in enumerate(sys.argv[4:]):
+        model = mlflow.pytorch.load_model(uri)
+        np.save(f"{sys.argv[3]}/out{i}.npy", model(x).detach().numpy())
+""")
+
+
+def load_without_repo(tracking_uri: str, model_uris: list[str], x: torch.Tensor, tmp: Path) -> list[np.ndarray]:
+    np.save(tmp / "x.npy", x.numpy())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    done = subprocess.run([sys.executable, "-c", NO_REPO, str(REPO), str(tmp / "x.npy"), str(tmp), *model_uris],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [np.load(tmp / f"out{i}.npy") for i in range(len(model_uris))]
+
+
+def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
+    _, uri = store
+    tracker, nets = ensemble["tracker"], ensemble["nets"]
+    version = tracker.register(ensemble["ensemble_uri"], "roundtrip", 0.3)
+    assert "champion" in version.aliases
+    x = torch.randn(7, 3, 16, 16)  # another batch size than the example: the batch dim is dynamic
+    champion, member = load_without_repo(uri, ["models:/roundtrip@champion", ensemble["member_uri"]], x, tmp_path)
+    with torch.no_grad():
+        expected = SoftmaxAverage(list(nets.values())).eval()(x).numpy()
+        expected_member = nets["m0"].eval()(x).softmax(dim=1).numpy()
+    np.testing.assert_allclose(champion, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(member, expected_member, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(champion.sum(axis=1), 1.0, rtol=1e-5)
