@@ -2,7 +2,8 @@
 
 Every random choice is drawn from the `torch.Generator` passed in, never from a global RNG, so
 a seed fixes the output exactly (in the style of cifar10-airbench's `batch_crop` and
-`batch_flip_lr`). Crops and flips run on uint8 (cheap); the conversion to float happens once.
+`batch_flip_lr`). Each crop is cut and mirrored as uint8 (cheap) and converted to float once,
+image by image while it sits in cache.
 
 Layouts and units:
 - in:  images uint8 (N, S, S, 3), RGB, 0..255, as `ShardSet.read` returns them (after
@@ -51,36 +52,32 @@ def random_flips(n: int, generator: torch.Generator, p: float = 0.5) -> torch.Te
     return torch.rand(n, generator=generator) < p
 
 
-def batch_crop(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, crop_size: int) -> torch.Tensor:
-    """(N, c, c, C) crops of images (N, H, W, C) at per-image top-left corners (ys, xs)."""
-    n, c = images.shape[0], crop_size
-    out = images.new_empty((n, c, c, images.shape[3]))
-    for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist(), strict=True)):
-        out[i] = images[i, y : y + c, x : x + c]
-    return out
-
-
-def batch_flip_lr(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Images (N, H, W, C) with the ones where flips (N,) is True mirrored left-right."""
-    out = images.clone()
-    out[flips] = images[flips].flip(2)
-    return out
-
-
-def subtract_mean(
-    crops: torch.Tensor, mean: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor
+def crop_flip_subtract_mean(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    flips: torch.Tensor,
+    crop_size: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """float32 (N, c, c, 3): crops (N, c, c, 3) minus the window of mean (S, S, 3) they came from.
+    """float32 (N, c, c, 3): crop i of images (N, S, S, 3) at (ys[i], xs[i]), mirrored where
+    flips[i], minus the same window of mean (S, S, 3), mirrored alike.
 
-    The window of crop i is mean[ys[i]:ys[i]+c, xs[i]:xs[i]+c], mirrored where flips[i].
+    Written into `out` (N, c, c, 3) float32 if given (e.g. a shared-memory buffer). One image at
+    a time, so each crop is converted, mirrored and centred while it sits in cache.
     """
-    c, s = crops.shape[1], mean.shape[1]
+    n, c, s = images.shape[0], crop_size, images.shape[1]
+    if out is None:
+        out = torch.empty((n, c, c, 3), dtype=torch.float32)
     mean = mean.float()
-    mirrored = mean.flip(1)  # the mirrored window at x is mirrored[:, s-c-x : s-x], a view
-    out = torch.empty(crops.shape, dtype=torch.float32)
+    mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
     for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
-        window = mirrored[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c]
-        torch.sub(crops[i], window, out=out[i])
+        crop = images[i, y : y + c, x : x + c]  # uint8 view (c, c, 3)
+        if f:
+            out[i].copy_(crop.flip(1)).sub_(mirrored_mean[y : y + c, s - c - x : s - x])
+        else:
+            out[i].copy_(crop).sub_(mean[y : y + c, x : x + c])
     return out
 
 
@@ -138,6 +135,7 @@ def train_augment(
     pca_std: float = 0.1,
     pca_scale: PcaScale = "unit_range",
     divisor: float | torch.Tensor = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """§4.1 training input: random crop, random mirror, PCA lighting, minus the mean window.
 
@@ -145,6 +143,7 @@ def train_augment(
     always asked for crops, flips and lighting in that order, whatever `flip`/`pca_lighting`
     say, so switching one augmentation off leaves the others' draws unchanged.
     `divisor` (a float or a (3,) per-channel tensor) divides the result; 1.0 is the paper.
+    `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
     """
     _check_images(images, mean)
     n = images.shape[0]
@@ -153,21 +152,31 @@ def train_augment(
     shift = lighting_shift(n, eigenvalues, eigenvectors, pca_std, generator, pca_scale)
     if not flip:
         flips = torch.zeros_like(flips)
-    crops = batch_flip_lr(batch_crop(images, ys, xs, crop_size), flips)  # uint8 (N, c, c, 3)
-    x = subtract_mean(crops, mean, ys, xs, flips)  # float32 (N, c, c, 3)
+    x = crop_flip_subtract_mean(images, mean, ys, xs, flips, crop_size, out)  # float32 (N, c, c, 3)
     if pca_lighting:
         x += shift[:, None, None, :]
     return _to_nchw(x, divisor)
 
 
 def center_crop(
-    images: torch.Tensor, mean: torch.Tensor, *, crop_size: int, divisor: float | torch.Tensor = 1.0
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    *,
+    crop_size: int,
+    divisor: float | torch.Tensor = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Test input: the central c x c patch minus the same window of the mean, float32 (N, 3, c, c)."""
+    """Test input: the central c x c patch minus the same window of the mean, float32 (N, 3, c, c).
+
+    `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
+    """
     _check_images(images, mean)
-    y = x = (images.shape[1] - crop_size) // 2
-    window = images[:, y : y + crop_size, x : x + crop_size]  # uint8 (N, c, c, 3)
-    out = torch.sub(window, mean[y : y + crop_size, x : x + crop_size].float())
+    n, s, c = images.shape[0], images.shape[1], crop_size
+    y = x = (s - c) // 2
+    if out is None:
+        out = torch.empty((n, c, c, 3), dtype=torch.float32)
+    # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower.
+    out.copy_(images[:, y : y + c, x : x + c]).sub_(mean[y : y + c, x : x + c].float())
     return _to_nchw(out, divisor)
 
 
@@ -181,20 +190,29 @@ def ten_crop_offsets(stored_size: int, crop_size: int) -> list[tuple[int, int, b
 
 
 def ten_crop(
-    images: torch.Tensor, mean: torch.Tensor, *, crop_size: int, divisor: float | torch.Tensor = 1.0
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    *,
+    crop_size: int,
+    divisor: float | torch.Tensor = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """§4.1 test views: float32 (N, 10, 3, c, c) in TEN_CROP_VIEWS order, mean window subtracted.
 
     `.flatten(0, 1)` gives (N * 10, 3, c, c) as a view, image-major (image i's views are rows
     10 i .. 10 i + 9), ready for one forward pass; average the softmax over the 10 afterwards.
+    `out`: an optional float32 (N, 10, c, c, 3) buffer to write into (the result is a view of it).
     """
     _check_images(images, mean)
     c = crop_size
     mean = mean.float()
-    out = torch.empty((images.shape[0], 10, c, c, 3), dtype=torch.float32)
+    if out is None:
+        out = torch.empty((images.shape[0], 10, c, c, 3), dtype=torch.float32)
     for v, (y, x, mirrored) in enumerate(ten_crop_offsets(images.shape[1], c)):
-        diff = torch.sub(images[:, y : y + c, x : x + c], mean[y : y + c, x : x + c])  # (N, c, c, 3)
-        out[:, v] = diff.flip(2) if mirrored else diff
+        window, mean_window = images[:, y : y + c, x : x + c], mean[y : y + c, x : x + c]  # (N, c, c, 3)
+        if mirrored:
+            window, mean_window = window.flip(2), mean_window.flip(1)
+        out[:, v].copy_(window).sub_(mean_window)
     return _to_nchw(out, divisor)
 
 

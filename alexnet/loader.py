@@ -1,17 +1,19 @@
 """Training and evaluation batches over the prepared shards, made in background processes.
 
-A batch is a pure function of its key: (seed, epoch, batch index) picks the images (a
-permutation of the split that depends only on (seed, epoch)) and seeds the augmentation
-generator. So the batches do not depend on the number of workers or on their scheduling, and
-a run resumed at epoch e, batch b sees exactly the batches it would have seen.
+A batch is a pure function of its key (seed, epoch, batch index). A permutation of the split
+that depends only on (seed, epoch) gives batch b its images at positions b*B .. (b+1)*B - 1,
+taken in ascending index order (the order within a batch does not change an SGD step, and
+ascending reads are sequential in memmapped shards); a generator seeded from the key draws
+its augmentation. So batches do not depend on the number of workers or on their scheduling,
+and a run resumed at epoch e, batch b sees exactly the batches it would have seen.
 
 Workers: a torch DataLoader with `batch_size=None` over a sampler that yields batch keys;
-each worker reads its batch (sorted indices, for locality in memmapped raw shards), augments
-it and hands back ready float32 tensors, so the training step never waits for data. Workers
-are persistent across epochs (no start-up per epoch) and run torch with one thread, leaving
-the cores to the model. Memory does not grow with the dataset: a worker holds one batch at a
-time plus `prefetch` batches in flight; the shards are read through memmaps (raw) or decoded
-per batch (jpeg). The main process holds only the labels and one epoch's permutation.
+each worker reads its batch, augments it and writes the float32 result straight into shared
+memory, so the training step never waits for data. Workers are persistent across epochs (no
+start-up per epoch) and run torch with one thread, leaving the cores to the model. Memory does
+not grow with the dataset: each worker holds one batch plus `prefetch` finished ones; shards
+are read through memmaps (raw) or decoded per batch (jpeg). The main process holds only the
+labels and one epoch's permutation (8 bytes an image).
 
 Batches: images float32 (B, 3, c, c) (train, centre crop) or (B, 10, 3, c, c) (ten-crop, in
 `augment.TEN_CROP_VIEWS` order), channels_last memory, 0..255 units minus the mean image
@@ -22,13 +24,14 @@ as in the paper); evaluation keeps every image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from alexnet.augment import PcaScale, center_crop, ten_crop, train_augment
 from alexnet.shards import ShardSet, load_stats
@@ -70,26 +73,24 @@ def _worker_init(worker_id: int) -> None:
 class _ShardBatches(Dataset):
     """Map-style dataset whose items are whole batches: key (epoch, batch, indices) -> Batch."""
 
-    def __init__(self, shards_dir: Path, split: str, make_inputs: Any) -> None:
-        self.shards_dir, self.split, self.make_inputs = shards_dir, split, make_inputs
-        self._shards: ShardSet | None = None  # opened lazily in each process, never pickled
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_shards": None}
+    def __init__(self, shards: ShardSet, make_inputs: Any) -> None:
+        # ShardSet opens its memmaps/files lazily in each process, so workers share nothing.
+        self.shards, self.make_inputs = shards, make_inputs
 
     def __getitem__(self, key: BatchKey) -> Batch:
-        if self._shards is None:
-            self._shards = ShardSet(self.shards_dir, self.split)
-        epoch, batch, indices = key
-        order = np.argsort(indices, kind="stable")
-        images = np.empty((len(indices), *self._sample_shape()), dtype=np.uint8)
-        images[order] = self._shards.read(indices[order])  # sorted reads: sequential pages
-        labels = torch.from_numpy(self._shards.labels[indices].astype(np.int64))
-        return self.make_inputs(torch.from_numpy(images), epoch, batch), labels
+        epoch, batch, indices = key  # indices ascending: sequential reads in memmapped shards
+        images = torch.from_numpy(self.shards.read(indices))  # uint8 (B, S, S, 3)
+        labels = torch.from_numpy(self.shards.labels[indices].astype(np.int64))
+        return self.make_inputs(images, epoch, batch), labels
 
-    def _sample_shape(self) -> tuple[int, int, int]:
-        s = self._shards.stored_size
-        return (s, s, 3)
+
+def _output_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    # In a worker, write the batch straight into shared memory: the DataLoader would otherwise
+    # copy it there to hand it to the main process (as default_collate avoids the same copy).
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
 
 
 class _TrainInputs:
@@ -101,9 +102,12 @@ class _TrainInputs:
     def __call__(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
         mean, eigenvalues, eigenvectors = self.stats
         generator = batch_generator(self.seed, epoch, batch)
+        c = self.augment["crop_size"]
+        out = _output_buffer((images.shape[0], c, c, 3))
         return train_augment(
-            images, mean, eigenvalues, eigenvectors, generator=generator, divisor=self.divisor, **self.augment
-        )
+            images, mean, eigenvalues, eigenvectors, generator=generator, divisor=self.divisor, out=out,
+            **self.augment,
+        )  # fmt: skip
 
 
 class _EvalInputs:
@@ -111,8 +115,12 @@ class _EvalInputs:
         self.mean, self.crop_size, self.ten_crop, self.divisor = mean, crop_size, ten_crop, divisor
 
     def __call__(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        views = ten_crop if self.ten_crop else center_crop
-        return views(images, self.mean, crop_size=self.crop_size, divisor=self.divisor)
+        n, c = images.shape[0], self.crop_size
+        if self.ten_crop:
+            out = _output_buffer((n, 10, c, c, 3))
+            return ten_crop(images, self.mean, crop_size=c, divisor=self.divisor, out=out)
+        out = _output_buffer((n, c, c, 3))
+        return center_crop(images, self.mean, crop_size=c, divisor=self.divisor, out=out)
 
 
 class _Keys(Sampler):
@@ -138,7 +146,7 @@ class _Loader:
         self.num_images, self.stored_size = len(shards), shards.stored_size
         self._keys = _Keys()
         self._loader = DataLoader(
-            _ShardBatches(self.shards_dir, split, make_inputs),
+            _ShardBatches(shards, make_inputs),
             batch_size=None,  # items are whole batches
             sampler=self._keys,
             collate_fn=_identity,
@@ -224,7 +232,7 @@ class TrainLoader(_Loader):
 
     def _make_keys(self, epoch: int, start_batch: int) -> Sequence[BatchKey]:
         order, b = epoch_permutation(self.seed, epoch, self.num_images), self.batch_size
-        return [(epoch, i, order[i * b : (i + 1) * b]) for i in range(start_batch, len(self))]
+        return [(epoch, i, np.sort(order[i * b : (i + 1) * b])) for i in range(start_batch, len(self))]
 
 
 class EvalLoader(_Loader):

@@ -5,9 +5,8 @@ import torch
 
 from alexnet.augment import (
     TEN_CROP_VIEWS,
-    batch_crop,
-    batch_flip_lr,
     center_crop,
+    crop_flip_subtract_mean,
     lighting_shift,
     random_crop_offsets,
     ten_crop,
@@ -74,12 +73,12 @@ def test_flip_really_mirrors_about_half_the_images():
     assert torch.equal(flipped[mirrored], plain[mirrored].flip(3))
     assert torch.equal(flipped[~mirrored], plain[~mirrored])
     assert 150 < int(mirrored.sum()) < 250
-    # the pure helpers agree
-    sel = torch.tensor([True, False])
+    # at chosen positions: image 0 cropped at (1, 2) and mirrored, image 1 at (4, 0) as is
     two = images[:2]
-    assert torch.equal(batch_flip_lr(two, sel)[0], two[0].flip(1)) and torch.equal(batch_flip_lr(two, sel)[1], two[1])
-    crop = batch_crop(two, torch.tensor([1, 4]), torch.tensor([2, 0]), C)
-    assert torch.equal(crop[0], two[0, 1 : 1 + C, 2 : 2 + C]) and torch.equal(crop[1], two[1, 4:, 0:C])
+    crops = crop_flip_subtract_mean(two, zero_mean(), torch.tensor([1, 4]), torch.tensor([2, 0]),
+                                    torch.tensor([True, False]), C)  # fmt: skip
+    assert torch.equal(crops[0], two[0, 1 : 1 + C, 2 : 2 + C].flip(1).float())
+    assert torch.equal(crops[1], two[1, 4:, 0:C].float())
 
 
 def test_mean_subtraction_uses_the_same_mirrored_window():

@@ -1,64 +1,65 @@
 """The loader: batches independent of worker count, exact resume, eval order and layouts."""
 
 import json
-import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from alexnet.augment import center_crop
+from alexnet.loader import EvalLoader, TrainLoader, epoch_permutation, eval_batches, train_batches
+from alexnet.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    ShardSet,
+    file_sha256,
+    images_file,
+    labels_file,
+    load_stats,
+    shard_name,
+    write_images,
+    write_labels,
+)
+from alexnet.stats import PixelSums, write_stats
+
 S, CROP, N, CLASSES = 20, 16, 50, 5
 
 
-# --- temporary stand-in for alexnet.shards (same interface) until the real module lands ---
-def _install_stand_in() -> None:
-    try:
-        import alexnet.shards  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("alexnet.shards")
-
-        class ShardSet:
-            def __init__(self, shards_dir, split):
-                meta = json.loads((shards_dir / "manifest.json").read_text())
-                self.format, self.stored_size = "raw", meta["stored_size"]
-                self._images = np.load(shards_dir / f"{split}.npy", mmap_mode="r")
-                self.labels = np.load(shards_dir / f"{split}_labels.npy")
-
-            def __len__(self):
-                return len(self.labels)
-
-            def read(self, indices):
-                return np.asarray(self._images[indices])
-
-        def load_stats(shards_dir):
-            s = np.load(shards_dir / "stats.npz")
-            return s["mean"], s["eigenvalues"], s["eigenvectors"]
-
-        mod.ShardSet, mod.load_stats = ShardSet, load_stats
-        sys.modules["alexnet.shards"] = mod
+def write_shards(d: Path, splits: dict[str, np.ndarray], fmt: str, shard_size: int) -> None:
+    """A shards folder written with the real shard writer (labels: index % CLASSES)."""
+    # TODO: switch to alexnet.preprocess's writer once it lands; the manifest is built by hand here.
+    manifest = {"format_version": FORMAT_VERSION, "format": fmt, "stored_size": S,
+                "classes": [{"name": f"c{k}"} for k in range(CLASSES)], "splits": {}}  # fmt: skip
+    for split, images in splits.items():
+        labels = np.arange(len(images)) % CLASSES
+        entries = []
+        for k, start in enumerate(range(0, len(images), shard_size)):
+            part = images[start : start + shard_size]
+            name = shard_name(split, k)
+            record = write_images(d / images_file(name, fmt), fmt, iter(part), len(part), S)
+            record |= {
+                "count": len(part),
+                "labels": write_labels(d / labels_file(name), labels[start : start + len(part)]),
+            }
+            entries.append(record)
+        manifest["splits"][split] = {"count": len(images), "shards": entries}
+    sums = PixelSums.zeros(S)
+    for image in splits["train"]:
+        sums.add_image(image)
+    manifest["stats"] = {key: {"file": name, "sha256": file_sha256(d / name), "bytes": (d / name).stat().st_size}
+                         for key, name in write_stats(d, sums).items()}  # fmt: skip
+    (d / MANIFEST).write_text(json.dumps(manifest))
 
 
-_install_stand_in()
-
-from alexnet.loader import EvalLoader, TrainLoader, epoch_permutation, eval_batches, train_batches  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def shards_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
+@pytest.fixture(scope="module", params=["raw", "jpeg"])
+def shards_dir(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(f"shards-{request.param}")
     rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (N, S, S, 3), dtype=np.uint8)}
-    images["val"] = rng.integers(0, 256, (23, S, S, 3), dtype=np.uint8)
-    images["train"][:, 0, 0, 0] = np.arange(N)  # pixel (0, 0) red = image index, for tracing
-    for split, x in images.items():
-        np.save(d / f"{split}.npy", x)
-        np.save(d / f"{split}_labels.npy", np.arange(len(x)) % CLASSES)
-    pixels = images["train"].reshape(-1, 3).astype(np.float64)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(pixels.T))
-    np.savez(d / "stats.npz", mean=images["train"].mean(0).astype(np.float32), eigenvalues=eigenvalues,
-             eigenvectors=eigenvectors)  # fmt: skip
-    (d / "manifest.json").write_text(json.dumps({"stored_size": S}))
+    # Blocky images: JPEG keeps them close, though the tests compare against what ShardSet reads.
+    base = rng.integers(0, 256, (N + 23, 5, 5, 3), dtype=np.uint8)
+    images = np.ascontiguousarray(base.repeat(4, axis=1).repeat(4, axis=2))  # (N + 23, S, S, 3)
+    write_shards(d, {"train": images[:N], "val": images[N:]}, request.param, shard_size=16)
     return d
 
 
@@ -97,7 +98,21 @@ def test_epoch_is_a_permutation_without_repeats(shards_dir):
     assert np.array_equal(order, epoch_permutation(3, 1, N))
     assert not np.array_equal(order, epoch_permutation(3, 2, N))
     labels = torch.cat([y for _, y in train_batches(shards_dir, epoch=1, workers=0, **OPTIONS)])
-    assert torch.equal(labels, torch.from_numpy(order[: len(labels)] % CLASSES))
+    batches = order[: len(labels)].reshape(-1, 8)
+    assert torch.equal(labels, torch.from_numpy(np.sort(batches, axis=1).reshape(-1) % CLASSES))
+
+
+def test_batches_hold_the_images_of_their_indices(shards_dir):
+    # Full-size "crops" with no flip and no lighting: a batch is exactly its images minus the mean.
+    order = epoch_permutation(3, 0, N)
+    mean = torch.from_numpy(load_stats(shards_dir)[0])
+    train = ShardSet(shards_dir, "train")
+    options = OPTIONS | dict(crop_size=S, flip=False, pca_lighting=False)
+    for b, (x, y) in enumerate(train_batches(shards_dir, epoch=0, workers=2, **options)):
+        indices = np.sort(order[b * 8 : (b + 1) * 8])
+        want = torch.from_numpy(train.read(indices)).float() - mean
+        assert torch.equal(x, want.permute(0, 3, 1, 2))
+        assert torch.equal(y, torch.from_numpy(train.labels[indices]))
 
 
 def test_breaking_off_an_epoch_leaves_the_next_one_intact(shards_dir):
@@ -117,6 +132,9 @@ def test_eval_keeps_every_image_in_order(shards_dir):
     assert torch.equal(torch.cat([y for _, y in center]), torch.arange(23) % CLASSES)
     assert ten[0][0].shape == (10, 10, 3, CROP, CROP)
     assert torch.equal(ten[0][0][:, 4], center[0][0])  # view 4 is the centre crop
+    mean = torch.from_numpy(load_stats(shards_dir)[0])
+    want = center_crop(torch.from_numpy(ShardSet(shards_dir, "val").read(np.arange(23))), mean, crop_size=CROP)
+    assert torch.equal(torch.cat([x for x, _ in center]), want)
     with EvalLoader(shards_dir, batch_size=10, crop_size=CROP, ten_crop=False, workers=0) as loader:
         assert len(loader) == 3
         assert_same(collect(loader), center)
