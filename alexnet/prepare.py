@@ -1,0 +1,202 @@
+"""Stage `prepare`: find every image, decode each one, and index what can be used.
+
+Outputs, in the output folder:
+    index.parquet        one row per usable file: path (relative to the root), split, wnid,
+                         label, bytes, width, height, mode, format, sha256
+    classes.csv          label, wnid, name
+    quality_report.csv   one row per file that cannot be used: path, split, reason, detail
+    dataset.json         source, root, counts per split, classes
+    images/              the generated tree (source=synthetic only)
+Every file found under train/ and val/ is either indexed or reported (checked below).
+Grayscale, CMYK, palette and PNG-named-.JPEG files are usable: preprocess converts them to RGB.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from alexnet import synthetic
+from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
+from alexnet.sources import SPLITS, FoundFile, find_classes, find_files
+
+log = logging.getLogger(__name__)
+
+INDEX, CLASSES, REPORT, DATASET, IMAGES = (
+    "index.parquet", "classes.csv", "quality_report.csv", "dataset.json", "images")
+INDEX_COLUMNS = ["path", "split", "wnid", "label", "bytes", "width", "height", "mode", "format", "sha256"]
+REPORT_COLUMNS = ["path", "split", "reason", "detail"]
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used, with data.on_bad_image=fail; the message names each file."""
+
+
+def inspect_image(path: str | Path) -> dict[str, Any]:
+    """Header facts of one file, after decoding it in full; or {'reason', 'detail'} if unusable.
+
+    PIL's verify() misses a truncated JPEG, so the pixels are decoded. JPEGs decode at 1/8
+    scale (draft): the entropy-coded data is still read to the end, so truncation is caught.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return {"reason": "zero bytes", "detail": "empty file", "bytes": 0}
+    data = Path(path).read_bytes()
+    facts: dict[str, Any] = {"bytes": size, "sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return {**facts, "reason": "not an image", "detail": "PIL cannot identify the format"}
+    except (OSError, ValueError, SyntaxError) as err:
+        return {**facts, "reason": "unreadable", "detail": str(err)}
+    facts.update(width=img.size[0], height=img.size[1], mode=img.mode, format=img.format or "")
+    try:
+        if img.format == "JPEG":
+            img.draft(None, (1, 1))
+        img.load()
+    except (OSError, EOFError) as err:
+        truncated = isinstance(err, EOFError) or "truncated" in str(err).lower()
+        return {**facts, "reason": "truncated" if truncated else "unreadable", "detail": str(err)}
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return {**facts, "reason": "unreadable", "detail": str(err)}
+    return facts
+
+
+def _inspect(args: tuple[str, str]) -> dict[str, Any]:
+    rel, full = args
+    return {"path": rel, **inspect_image(full)}
+
+
+def _inspect_all(root: Path, files: list[FoundFile], workers: int, progress: bool) -> list[dict[str, Any]]:
+    jobs = [(f.path, str(root / f.path)) for f in files if f.problem is None]
+    bar = tqdm(total=len(jobs), desc="prepare: decode check", unit="img", disable=not progress)
+    out: list[dict[str, Any]] = []
+    with bar:
+        if workers > 1 and len(jobs) > 1:
+            with get_context("fork").Pool(workers) as pool:
+                for r in pool.imap(_inspect, jobs, chunksize=32):
+                    out.append(r)
+                    bar.update()
+        else:
+            for job in jobs:
+                out.append(_inspect(job))
+                bar.update()
+    return out
+
+
+def build_index(root: Path, source: str, workers: int = 1, progress: bool = False
+                ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """(index, report, classes, counts per split) of the tree at `root`; writes nothing."""
+    classes = find_classes(root, source)
+    files = find_files(root, source, classes)
+    label_of = {c.wnid: c.label for c in classes}
+    wnid_of = {f.path: f.wnid for f in files}
+    split_of = {f.path: f.split for f in files}
+    rows, bad = [], []
+    for f in files:
+        if f.problem is not None:
+            bad.append({"path": f.path, "split": f.split, "reason": "unknown class", "detail": f.problem})
+    for r in _inspect_all(root, files, workers, progress):
+        split = split_of[r["path"]]
+        if "reason" in r:
+            bad.append({"path": r["path"], "split": split, "reason": r["reason"], "detail": r["detail"]})
+        else:
+            wnid = wnid_of[r["path"]]
+            rows.append({**r, "split": split, "wnid": wnid, "label": label_of[wnid]})
+    order = {s: i for i, s in enumerate(SPLITS)}
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    index = index.sort_values(["split", "label", "path"], key=lambda c: c.map(order) if c.name == "split" else c)
+    index = index.reset_index(drop=True).astype({"label": "int64", "bytes": "int64", "width": "int64",
+                                                  "height": "int64"})
+    report = pd.DataFrame(bad, columns=REPORT_COLUMNS).sort_values(["split", "path"]).reset_index(drop=True)
+    counts = {}
+    for split in SPLITS:
+        found = sum(f.split == split for f in files)
+        indexed, reported = int((index["split"] == split).sum()), int((report["split"] == split).sum())
+        # Nothing dropped silently: every file found is either indexed or reported.
+        if found != indexed + reported:
+            raise RuntimeError(f"{split}: {found} files found but {indexed} indexed + {reported} reported")
+        counts[split] = {"found": found, "indexed": indexed, "reported": reported}
+    class_rows = [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in classes]
+    return index, report, class_rows, counts
+
+
+def _bad_image_message(report: pd.DataFrame, limit: int = 20) -> str:
+    lines = [f"  {r.path}: {r.reason} ({r.detail})" for r in report.head(limit).itertuples()]
+    more = [f"  ... and {len(report) - limit} more"] if len(report) > limit else []
+    return "\n".join([f"{len(report)} unusable file(s) and data.on_bad_image=fail:", *lines, *more])
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def prepare(out_dir: str | Path, source: str, root: str | Path | None = None,
+            synthetic_params: dict[str, Any] | None = None, on_bad_image: str = "skip",
+            workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Run the stage: index the data of `source` into `out_dir`; return dataset.json's content.
+
+    source=synthetic generates the tree into out_dir/images from `synthetic_params` (the
+    data.synthetic section); the others read `root` (relative paths: against the cwd).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if source == "synthetic":
+        tree = out_dir / IMAGES
+        log.info("generating the synthetic tree in %s: %s", tree, synthetic_params)
+        counts = synthetic.generate(tree, **(synthetic_params or {}), workers=workers)
+        log.info("generated %s images", counts)
+        layout, root_text = "imagenet", IMAGES  # stored relative to out_dir
+    else:
+        if root is None:
+            raise ValueError(f"data.root is required for source={source!r}")
+        tree = Path(root)
+        if not tree.is_dir():
+            raise FileNotFoundError(f"data.root {str(root)!r}: no such folder (from {Path.cwd()})")
+        layout = source
+        # Absolute roots stay absolute; relative ones are stored relative to out_dir.
+        root_text = str(tree) if tree.is_absolute() else os.path.relpath(tree.resolve(), out_dir.resolve())
+    log.info("indexing %s (layout %s) with %d worker(s)", tree, layout, workers)
+    index, report, classes, counts = build_index(tree, layout, workers, progress)
+    _write_csv(out_dir / REPORT, REPORT_COLUMNS, report.itertuples(index=False))
+    for r in report.itertuples():
+        log.warning("unusable: %s: %s (%s)", r.path, r.reason, r.detail)
+    if on_bad_image == "fail" and len(report):
+        raise BadImageError(_bad_image_message(report))
+    with atomic_path(out_dir / INDEX) as tmp:
+        index.to_parquet(tmp, index=False)
+    _write_csv(out_dir / CLASSES, ["label", "wnid", "name"], ([c["label"], c["wnid"], c["name"]] for c in classes))
+    dataset = {"source": source, "root": root_text, "splits": counts, "num_classes": len(classes),
+               "classes": classes}
+    atomic_write_json(out_dir / DATASET, dataset)
+    for split, c in counts.items():
+        log.info("%s: %d found, %d indexed, %d reported", split, c["found"], c["indexed"], c["reported"])
+    return dataset
+
+
+def load_prepared(prepared_dir: str | Path) -> tuple[Path, pd.DataFrame, dict[str, Any]]:
+    """(image root, index, dataset.json) of a prepared folder; a clear error if incomplete."""
+    prepared_dir = Path(prepared_dir)
+    missing = [n for n in (DATASET, INDEX) if not (prepared_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{prepared_dir}: not a prepared dataset (missing {', '.join(missing)}); "
+                                "run the prepare stage first")
+    dataset = json.loads((prepared_dir / DATASET).read_text())
+    index = pd.read_parquet(prepared_dir / INDEX)
+    return prepared_dir / dataset["root"], index, dataset

@@ -1,0 +1,214 @@
+"""Stage `preprocess`: the prepared index -> shards of §2 patches, and the training-set stats.
+
+Each worker process builds whole shards (decode -> RGB -> shorter side S -> central SxS,
+alexnet/imageops.py), streaming images to disk, so no pixels cross processes and memory does
+not grow with the dataset. Per shard, in this order, each file written atomically:
+    <name>.npy|.jpegs, <name>.labels.npy, <name>.stats.npz (train), <name>.done.json (ledger)
+The ledger records what the shard was built from (a hash of its source files, labels and the
+settings) and the sha256 of each file. A rerun keeps a shard whose ledger matches the plan and
+whose files still hash to the ledger; anything else is rebuilt. mean.npy and pca.json follow,
+and manifest.json comes last: until it exists the folder reads as incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from alexnet.atomic import atomic_write_bytes, atomic_write_json
+from alexnet.imageops import load_patch
+from alexnet.prepare import load_prepared
+from alexnet.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    ShardsError,
+    check_file,
+    images_file,
+    labels_file,
+    remove_stale,
+    shard_name,
+    write_images,
+    write_labels,
+)
+from alexnet.stats import PixelSums, write_stats
+
+log = logging.getLogger(__name__)
+
+# Bump when the pixels a given source file and setting produce change: rebuilds every shard.
+PIXELS_VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    number: int
+    paths: tuple[str, ...]  # absolute
+    labels: tuple[int, ...]
+    spec: str  # hash of what the shard is built from
+    fmt: str
+    size: int
+    jpeg_quality: int
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.number)
+
+    @property
+    def with_stats(self) -> bool:
+        return self.split == "train"
+
+
+def plan_shards(root: Path, index: Any, out_dir: Path, fmt: str, size: int, jpeg_quality: int,
+                shard_size: int) -> list[ShardTask]:
+    """The shards of each split, in index order, `shard_size` images each (the last smaller)."""
+    tasks = []
+    for split in SPLITS:
+        rows = index[index["split"] == split]
+        paths, shas, labels = rows["path"].tolist(), rows["sha256"].tolist(), rows["label"].tolist()
+        for number, a in enumerate(range(0, len(rows), shard_size)):
+            b = a + shard_size
+            spec = json.dumps([PIXELS_VERSION, fmt, size, jpeg_quality if fmt == "jpeg" else None,
+                               list(zip(paths[a:b], shas[a:b], labels[a:b], strict=True))])
+            tasks.append(ShardTask(split, number, tuple(str(root / p) for p in paths[a:b]),
+                                   tuple(int(v) for v in labels[a:b]),
+                                   hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir))
+    return tasks
+
+
+_progress: Any = None  # a shared counter of images done, set in each worker
+
+
+def _init_worker(counter: Any) -> None:
+    global _progress
+    _progress = counter
+
+
+def _tick(n: int = 1) -> None:
+    if _progress is not None:
+        with _progress.get_lock():
+            _progress.value += n
+
+
+def _kept(task: ShardTask) -> dict[str, Any] | None:
+    """The ledger of a finished shard that matches the task and its files; else None."""
+    ledger = task.out_dir / f"{task.name}.done.json"
+    if not ledger.is_file():
+        return None
+    try:
+        record = json.loads(ledger.read_text())
+        if record["spec"] != task.spec:
+            return None
+        for entry in record["files"].values():
+            check_file(task.out_dir / entry["file"], entry, verify=True)
+    except (OSError, ValueError, KeyError, TypeError, ShardsError) as err:  # any doubt: rebuild, and say so
+        log.info("%s: rebuilding (%s)", task.name, err)
+        return None
+    return record
+
+
+def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
+    for path in task.paths:
+        image = np.asarray(load_patch(path, task.size))  # uint8 (S, S, 3)
+        if sums is not None:
+            sums.add_image(image)
+        _tick()
+        yield image
+
+
+def build_shard(task: ShardTask) -> dict[str, Any]:
+    """Build (or keep, if already complete and verified) one shard; return its ledger."""
+    record = _kept(task)
+    if record is not None:
+        _tick(len(task.paths))
+        return {**record, "kept": True}
+    out = task.out_dir
+    sums = PixelSums.zeros(task.size) if task.with_stats else None
+    files = {"images": write_images(out / images_file(task.name, task.fmt), task.fmt, _patches(task, sums),
+                                    len(task.paths), task.size, task.jpeg_quality),
+             "labels": write_labels(out / labels_file(task.name), np.array(task.labels, dtype=np.int64))}
+    if sums is not None:
+        data = sums.to_bytes()
+        atomic_write_bytes(out / f"{task.name}.stats.npz", data)
+        files["stats"] = {"file": f"{task.name}.stats.npz", "sha256": hashlib.sha256(data).hexdigest(),
+                          "bytes": len(data)}
+    record = {"split": task.split, "number": task.number, "count": len(task.paths), "spec": task.spec,
+              "files": files}
+    atomic_write_json(out / f"{task.name}.done.json", record)  # last: the shard is complete
+    return {**record, "kept": False}
+
+
+def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str, Any]]:
+    total = sum(len(t.paths) for t in tasks)
+    bar = tqdm(total=total, desc="preprocess", unit="img", disable=not progress)
+    # Biggest first, so a small last shard does not leave one worker idle at the end.
+    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].paths))
+    results: list[dict[str, Any] | None] = [None] * len(tasks)
+    with bar:
+        if workers == 1 or len(tasks) <= 1:
+            for i in order:
+                results[i] = build_shard(tasks[i])
+                bar.update(len(tasks[i].paths))
+        else:
+            ctx = get_context("fork")
+            counter = ctx.Value("q", 0)
+            with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(counter,)) as pool:
+                pending = {i: pool.apply_async(build_shard, (tasks[i],)) for i in order}
+                while pending:
+                    time.sleep(0.2)
+                    for i in [i for i, r in pending.items() if r.ready()]:
+                        results[i] = pending.pop(i).get()  # re-raises a worker's error here
+                    bar.update(counter.value - bar.n)
+            bar.update(total - bar.n)
+    return [r for r in results if r is not None]
+
+
+def preprocess(prepared_dir: str | Path, out_dir: str | Path, stored_size: int = 256, fmt: str = "raw",
+               jpeg_quality: int = 90, shard_size: int = 1024, workers: int = 1,
+               progress: bool = True) -> dict[str, Any]:
+    """Run the stage: shards, mean.npy, pca.json and (last) manifest.json in `out_dir`."""
+    root, index, dataset = load_prepared(prepared_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = plan_shards(root, index, out_dir, fmt, stored_size, jpeg_quality, shard_size)
+    removed = remove_stale(out_dir, keep={t.name for t in tasks})
+    if removed:
+        log.info("removed %d stale file(s) from an earlier run: %s", len(removed), ", ".join(removed[:5]))
+    log.info("%d images -> %d shards of <= %d (%s, %dx%d) with %d worker(s)", len(index), len(tasks),
+             shard_size, fmt, stored_size, stored_size, workers)
+    records = _run(tasks, workers, progress)
+    kept = sum(r["kept"] for r in records)
+    log.info("shards: %d built, %d kept from an earlier run (complete and verified)", len(records) - kept, kept)
+
+    sums = PixelSums.zeros(stored_size)
+    for r in records:
+        if "stats" in r["files"]:
+            sums = sums + PixelSums.from_file(out_dir / r["files"]["stats"]["file"])
+    stats = {}
+    for key, name in write_stats(out_dir, sums).items():
+        path = out_dir / name
+        stats[key] = {"file": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      "bytes": path.stat().st_size}
+    splits = {}
+    for split in SPLITS:
+        mine = [r for r in records if r["split"] == split]
+        splits[split] = {"count": sum(r["count"] for r in mine), "shards": [
+            {**r["files"]["images"], "count": r["count"], "labels": r["files"]["labels"]} for r in mine]}
+    manifest = {"format_version": FORMAT_VERSION, "format": fmt, "stored_size": stored_size,
+                "jpeg_quality": jpeg_quality if fmt == "jpeg" else None, "source": dataset["source"],
+                "num_classes": dataset["num_classes"], "classes": dataset["classes"], "splits": splits,
+                "stats": stats}
+    atomic_write_json(out_dir / MANIFEST, manifest)  # last: the folder is complete
+    log.info("wrote %s: %s", out_dir / MANIFEST, {s: v["count"] for s, v in splits.items()})
+    return manifest
