@@ -28,6 +28,7 @@ MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set. Logged models output class probabili
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -154,13 +155,13 @@ def provenance_tags(*, git_commit: str, data_version: str | None, dataset: str,
     }
 
 
-def flatten_numbers(nested: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_metrics(nested: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """{"ensemble": {"center": {"top1_err": 0.3}}} -> {"ensemble.center.top1_err": 0.3}; numbers only."""
     out: dict[str, float] = {}
     for key, value in nested.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            out.update(flatten_numbers(value, name))
+            out.update(flatten_metrics(value, name))
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = float(value)
     return out
@@ -183,17 +184,34 @@ def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, st
 
 
 class SoftmaxAverage(nn.Module):
-    """§6: class probabilities averaged over members (one member: that member's softmax)."""
+    """§6: class probabilities averaged over members (one member: that member's softmax).
 
-    def __init__(self, members: Sequence[nn.Module]):
+    With `views`, the input is (N, V, 3, c, c), e.g. §4.1's ten patches, and the probabilities
+    are averaged over the views too, as `train.predict` does.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], views: bool = False):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.views = views
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, c, c) -> (N, C)
-        probs = [m(images).float().softmax(dim=1) for m in self.members]
-        return torch.stack(probs).mean(dim=0)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, c, c) or (N, V, 3, c, c) -> (N, C)
+        flat = images.flatten(0, 1) if self.views else images
+        probs = torch.stack([m(flat).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.unflatten(0, images.shape[:2]).mean(dim=1) if self.views else probs
+
+
+def weights_fingerprint(net: nn.Module, example: torch.Tensor) -> str:
+    """sha256 over the state dict and the input's shape: the same weights are logged only once."""
+    h = hashlib.sha256(repr((type(net).__name__, getattr(net, "views", None), tuple(example.shape[1:]))).encode())
+    for key, tensor in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class Tracker:
@@ -345,7 +363,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        flat = flatten_numbers(metrics)
+        flat = flatten_metrics(metrics)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in sorted(flat.items())])
 
     def log_artifacts(self, run_id: str, paths: Sequence[Path], artifact_path: str | None = None) -> None:
@@ -364,39 +382,47 @@ class Tracker:
 
     # --- models -----------------------------------------------------------------------------
 
-    def log_model(self, run_id: str, model: nn.Module, example: torch.Tensor, name: str, *,
+    def log_model(self, run_id: str, model: nn.Module, example: torch.Tensor, name: str = "model", *,
                   softmax: bool = True) -> str:
         """Log `model` (logits -> probabilities if `softmax`) as a pt2 model of run `run_id`; its URI.
 
         `example` is an input batch (N >= 2, so the batch dimension is exported as dynamic). Pass a
-        CPU, single-device instance: torch.export records devices. A model already logged under
-        `name` by this run (a retried task) is not logged again; its URI is returned.
+        CPU, single-device instance in any mode: it is exported in eval mode. Weights that this
+        experiment already holds as a logged model (a retried task; a one-member ensemble, which is
+        its member) are not logged again: that model's URI is returned (tag "weights_sha256").
         """
         if example.dim() < 1 or example.shape[0] < 2:
             raise ValueError(f"example batch must hold at least 2 images (got shape {tuple(example.shape)}): "
                              "torch.export fixes a batch dimension of 1")
-        existing = self._logged_model(run_id, name)
+        net = SoftmaxAverage([model]) if softmax else model
+        digest = weights_fingerprint(net, example)
+        existing = self._logged_model(digest)
         if existing is not None:
-            log.info("model %s of run %s is already logged (%s); not logging its weights again",
+            log.info("the weights of %s (run %s) are already logged as %s; not logging them again",
                      name, run_id, existing)
             return existing
-        net = SoftmaxAverage([model]) if softmax else model
-        return self._log_pt2(run_id, net, example, name)
+        return self._log_pt2(run_id, net, example, name, digest)
 
     def log_ensemble(self, run_id: str, members: Sequence[nn.Module], example: torch.Tensor,
-                     name: str = "ensemble") -> str:
-        """Log one model averaging the members' softmax (what the registry serves); its URI."""
-        return self.log_model(run_id, SoftmaxAverage(members), example, name, softmax=False)
+                     name: str = "ensemble", *, ten_crop: bool = False) -> str:
+        """Log one model averaging the members' softmax (what the registry serves); its URI.
 
-    def _logged_model(self, run_id: str, name: str) -> str | None:
+        ten_crop=False: input (N, 3, c, c). ten_crop=True: input (N, 10, 3, c, c), §4.1's patches,
+        averaged too; `example` must then be 5-D.
+        """
+        if ten_crop and example.dim() != 5:
+            raise ValueError(f"ten_crop=True takes (N, V, 3, c, c) examples, got shape {tuple(example.shape)}")
+        return self.log_model(run_id, SoftmaxAverage(members, views=ten_crop), example, name, softmax=False)
+
+    def _logged_model(self, digest: str) -> str | None:
         from mlflow.entities import LoggedModelStatus
 
         found = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+            [self.experiment_id], filter_string=f"tags.weights_sha256 = '{digest}'")
         ready = [m for m in found if m.status == LoggedModelStatus.READY]
         return f"models:/{ready[0].model_id}" if ready else None
 
-    def _log_pt2(self, run_id: str, net: nn.Module, example: torch.Tensor, name: str) -> str:
+    def _log_pt2(self, run_id: str, net: nn.Module, example: torch.Tensor, name: str, digest: str) -> str:
         # MlflowClient spelling of mlflow.pytorch.log_model, which would read the global tracking
         # URI and active run: create the LoggedModel, save it locally, upload, mark it READY.
         import mlflow.pytorch
@@ -409,7 +435,8 @@ class Tracker:
             with torch.no_grad():
                 output = net(example)
             signature = infer_signature(example.numpy(), output.numpy())  # batch dim -1: dynamic
-            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id)
+            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
+                                                     tags={"weights_sha256": digest})
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model"
                 mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
@@ -429,12 +456,14 @@ class Tracker:
 
     def register(self, model_uri: str, registered_name: str, metric_value: float, *,
                  metric_name: str = "ten_crop.top1_err", alias: str = "champion",
-                 lower_is_better: bool = True):
+                 lower_is_better: bool = True) -> str:
         """Register `model_uri` as a new version; move `alias` to it if it beats the holder's metric.
 
         The metric is stored as version tags (metric_name, metric_value), so '@champion' is the
-        best ensemble registered so far; a tie keeps the earlier holder. Returns the ModelVersion
-        (its `.aliases` lists `alias` if it became the holder). Aliases, not the deprecated stages.
+        best ensemble registered so far; a tie keeps the earlier holder.
+        Returns the new version number; `champion()` tells who holds the alias. Aliases, not the
+        deprecated stages. Two processes registering at once may both see the old holder; the
+        later alias write wins (ensembles are registered one at a time by the evaluate flow).
         """
         from mlflow.exceptions import MlflowException
 
@@ -458,14 +487,24 @@ class Tracker:
             self.client.set_registered_model_alias(registered_name, alias, version.version)
             log.info("%s version %s is now @%s (%s %.4f)", registered_name, version.version, alias,
                      metric_name, metric_value)
-        return self.client.get_model_version(registered_name, version.version)
+        return str(version.version)
 
-    def _beats_holder(self, name: str, alias: str, value: float, metric_name: str, lower_is_better: bool) -> bool:
+    def champion(self, registered_name: str, alias: str = "champion"):
+        """The ModelVersion holding `alias`, or None."""
         from mlflow.exceptions import MlflowException
 
         try:
-            holder = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:  # no holder yet
+            model = self.client.get_registered_model(registered_name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+        version = model.aliases.get(alias)
+        return None if version is None else self.client.get_model_version(registered_name, str(version))
+
+    def _beats_holder(self, name: str, alias: str, value: float, metric_name: str, lower_is_better: bool) -> bool:
+        holder = self.champion(name, alias)
+        if holder is None:
             return True
         held = holder.tags.get("metric_value")
         if held is None or holder.tags.get("metric_name") != metric_name:

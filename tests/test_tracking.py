@@ -24,7 +24,7 @@ from alexnet.tracking import (
     Tracker,
     TrackingUnavailable,
     check_tracking,
-    flatten_numbers,
+    flatten_metrics,
     local_artifact_root,
     provenance_tags,
     resolve_tracking_uri,
@@ -135,7 +135,7 @@ def test_parent_params_and_tags(ensemble):
 
 def test_metrics_json_is_flattened(ensemble):
     metrics = ensemble["tracker"].client.get_run(ensemble["parent"]).data.metrics
-    assert metrics == flatten_numbers(METRICS)
+    assert metrics == flatten_metrics(METRICS)
     assert metrics["ensemble.ten_crop.top1_err"] == 0.35
     assert metrics["members.m1.center.top5_err"] == 0.13
     assert metrics["ensemble.members"] == 2
@@ -219,34 +219,35 @@ def test_artifacts_stay_in_the_project_artifact_folder(ensemble, store, tmp_path
         tracker.log_artifacts(parent, [tmp_path / "missing.json"])
 
 
-def test_model_is_not_logged_twice(ensemble):
-    tracker = ensemble["tracker"]
+def test_same_weights_are_not_logged_twice(ensemble):
+    tracker, nets, example = ensemble["tracker"], ensemble["nets"], ensemble["example"]
     run_id = ensemble["members"]["m0"]
-    again = tracker.log_model(run_id, ensemble["nets"]["m0"], ensemble["example"], "model")
-    assert again == ensemble["member_uri"]
-    found = tracker.client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    assert len(found) == 1
+    assert tracker.log_model(run_id, nets["m0"], example, "model") == ensemble["member_uri"]  # a retry
+    # A one-member ensemble is its member: the parent gets the member's model, no second copy.
+    assert tracker.log_ensemble(ensemble["parent"], [nets["m0"]], example) == ensemble["member_uri"]
+    found = tracker.client.search_logged_models([tracker.experiment_id])
+    assert len(found) == 2  # the member's and the two-member ensemble's
 
 
 def test_champion_alias_moves_only_to_a_better_ensemble(ensemble):
     tracker, uri = ensemble["tracker"], ensemble["ensemble_uri"]
     name = "alias-test"
+    assert tracker.champion(name) is None
 
     def champion() -> str:
-        return str(tracker.client.get_model_version_by_alias(name, "champion").version)
+        return str(tracker.champion(name).version)
 
-    v1 = tracker.register(uri, name, 0.50)
-    assert str(v1.version) == "1" and champion() == "1" and "champion" in v1.aliases
-    assert str(tracker.register(uri, name, 0.60).version) == "2" and champion() == "1"
-    assert str(tracker.register(uri, name, 0.40).version) == "3" and champion() == "3"
-    assert str(tracker.register(uri, name, 0.40).version) == "4" and champion() == "3"  # a tie keeps the holder
+    assert tracker.register(uri, name, 0.50) == "1" and champion() == "1"
+    assert tracker.register(uri, name, 0.60) == "2" and champion() == "1"
+    assert tracker.register(uri, name, 0.40) == "3" and champion() == "3"
+    assert tracker.register(uri, name, 0.40) == "4" and champion() == "3"  # a tie keeps the holder
     v3 = tracker.client.get_model_version(name, "3")
     assert v3.tags["metric_value"] == "0.4" and v3.tags["metric_name"] == "ten_crop.top1_err"
     assert v3.run_id == ensemble["parent"]
     higher = "alias-higher"
     tracker.register(uri, higher, 0.7, lower_is_better=False)
     tracker.register(uri, higher, 0.9, lower_is_better=False)
-    assert str(tracker.client.get_model_version_by_alias(higher, "champion").version) == "2"
+    assert str(tracker.champion(higher).version) == "2"
 
 
 # Run in a fresh interpreter that cannot import this repo: no PYTHONPATH, cwd elsewhere, the
@@ -265,18 +266,22 @@ NO_REPO = textwrap.dedent("""
     else:
         raise SystemExit("alexnet is importable: the check would prove nothing")
     import mlflow.pytorch, numpy as np, torch
-    x = torch.from_numpy(np.load(sys.argv[2]))
-    for i, uri in enumerate(sys.argv[4:]):
+    folder = sys.argv[2]
+    for i, uri in enumerate(sys.argv[3:]):
         model = mlflow.pytorch.load_model(uri)
-        np.save(f"{sys.argv[3]}/out{i}.npy", model(x).detach().numpy())
+        x = torch.from_numpy(np.load(f"{folder}/in{i}.npy"))
+        np.save(f"{folder}/out{i}.npy", model(x).detach().numpy())
 """)
 
 
-def load_without_repo(tracking_uri: str, model_uris: list[str], x: torch.Tensor, tmp: Path) -> list[np.ndarray]:
-    np.save(tmp / "x.npy", x.numpy())
+def load_without_repo(tracking_uri: str, model_uris: list[str], inputs: list[torch.Tensor],
+                      tmp: Path) -> list[np.ndarray]:
+    """Each model's output on its input, computed by a process that cannot import `alexnet`."""
+    for i, x in enumerate(inputs):
+        np.save(tmp / f"in{i}.npy", x.numpy())
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
-    done = subprocess.run([sys.executable, "-c", NO_REPO, str(REPO), str(tmp / "x.npy"), str(tmp), *model_uris],
+    done = subprocess.run([sys.executable, "-c", NO_REPO, str(REPO), str(tmp), *model_uris],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return [np.load(tmp / f"out{i}.npy") for i in range(len(model_uris))]
@@ -285,13 +290,18 @@ def load_without_repo(tracking_uri: str, model_uris: list[str], x: torch.Tensor,
 def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
     _, uri = store
     tracker, nets = ensemble["tracker"], ensemble["nets"]
-    version = tracker.register(ensemble["ensemble_uri"], "roundtrip", 0.3)
-    assert "champion" in version.aliases
+    assert tracker.register(ensemble["ensemble_uri"], "roundtrip", 0.3) == "1"
+    views = torch.randn(3, 10, 3, 16, 16)
+    ten_crop_uri = tracker.log_ensemble(ensemble["parent"], list(nets.values()), views[:2], "ensemble-ten-crop",
+                                        ten_crop=True)
     x = torch.randn(7, 3, 16, 16)  # another batch size than the example: the batch dim is dynamic
-    champion, member = load_without_repo(uri, ["models:/roundtrip@champion", ensemble["member_uri"]], x, tmp_path)
+    champion, member, ten_crop = load_without_repo(
+        uri, ["models:/roundtrip@champion", ensemble["member_uri"], ten_crop_uri], [x, x, views], tmp_path)
     with torch.no_grad():
         expected = SoftmaxAverage(list(nets.values())).eval()(x).numpy()
         expected_member = nets["m0"].eval()(x).softmax(dim=1).numpy()
+        per_view = SoftmaxAverage(list(nets.values())).eval()(views.flatten(0, 1)).unflatten(0, (3, 10))
     np.testing.assert_allclose(champion, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(member, expected_member, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ten_crop, per_view.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(champion.sum(axis=1), 1.0, rtol=1e-5)
