@@ -1,7 +1,4 @@
-"""The loader: batches independent of worker count, exact resume, eval order and layouts."""
-
-import json
-from pathlib import Path
+"""The loader on real shards: batches independent of worker count, exact resume, eval order, layouts."""
 
 import numpy as np
 import pytest
@@ -9,57 +6,26 @@ import torch
 
 from alexnet.augment import center_crop
 from alexnet.loader import EvalLoader, TrainLoader, epoch_permutation, eval_batches, train_batches
-from alexnet.shards import (
-    FORMAT_VERSION,
-    MANIFEST,
-    ShardSet,
-    file_sha256,
-    images_file,
-    labels_file,
-    load_stats,
-    shard_name,
-    write_images,
-    write_labels,
-)
-from alexnet.stats import PixelSums, write_stats
+from alexnet.prepare import prepare
+from alexnet.preprocess import preprocess
+from alexnet.shards import ShardSet, load_stats
 
-S, CROP, N, CLASSES = 20, 16, 50, 5
+S, CROP = 20, 16
+SYNTHETIC = dict(classes=5, train_per_class=10, val_per_class=5, min_side=32, max_side=48, seed=0)
 
 
-def write_shards(d: Path, splits: dict[str, np.ndarray], fmt: str, shard_size: int) -> None:
-    """A shards folder written with the real shard writer (labels: index % CLASSES)."""
-    # TODO: switch to alexnet.preprocess's writer once it lands; the manifest is built by hand here.
-    manifest = {"format_version": FORMAT_VERSION, "format": fmt, "stored_size": S,
-                "classes": [{"name": f"c{k}"} for k in range(CLASSES)], "splits": {}}  # fmt: skip
-    for split, images in splits.items():
-        labels = np.arange(len(images)) % CLASSES
-        entries = []
-        for k, start in enumerate(range(0, len(images), shard_size)):
-            part = images[start : start + shard_size]
-            name = shard_name(split, k)
-            record = write_images(d / images_file(name, fmt), fmt, iter(part), len(part), S)
-            record |= {
-                "count": len(part),
-                "labels": write_labels(d / labels_file(name), labels[start : start + len(part)]),
-            }
-            entries.append(record)
-        manifest["splits"][split] = {"count": len(images), "shards": entries}
-    sums = PixelSums.zeros(S)
-    for image in splits["train"]:
-        sums.add_image(image)
-    manifest["stats"] = {key: {"file": name, "sha256": file_sha256(d / name), "bytes": (d / name).stat().st_size}
-                         for key, name in write_stats(d, sums).items()}  # fmt: skip
-    (d / MANIFEST).write_text(json.dumps(manifest))
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prepared")
+    prepare(d, "synthetic", synthetic_params=SYNTHETIC, workers=1, progress=False)
+    return d
 
 
 @pytest.fixture(scope="module", params=["raw", "jpeg"])
-def shards_dir(request, tmp_path_factory):
+def shards_dir(request, prepared_dir, tmp_path_factory):
+    """Small shards in either format, written by the real prepare + preprocess stages."""
     d = tmp_path_factory.mktemp(f"shards-{request.param}")
-    rng = np.random.default_rng(0)
-    # Blocky images: JPEG keeps them close, though the tests compare against what ShardSet reads.
-    base = rng.integers(0, 256, (N + 23, 5, 5, 3), dtype=np.uint8)
-    images = np.ascontiguousarray(base.repeat(4, axis=1).repeat(4, axis=2))  # (N + 23, S, S, 3)
-    write_shards(d, {"train": images[:N], "val": images[N:]}, request.param, shard_size=16)
+    preprocess(prepared_dir, d, stored_size=S, fmt=request.param, shard_size=16, workers=1, progress=False)
     return d
 
 
@@ -77,9 +43,10 @@ def assert_same(a, b):
 
 
 def test_batches_do_not_depend_on_workers_and_resume_exactly(shards_dir):
+    n = len(ShardSet(shards_dir, "train"))
     inline = collect(train_batches(shards_dir, epoch=1, workers=0, **OPTIONS))
     with TrainLoader(shards_dir, workers=2, **OPTIONS) as loader:
-        assert len(loader) == N // 8 == len(inline)  # last incomplete batch dropped
+        assert len(loader) == n // 8 == len(inline)  # last incomplete batch dropped
         two = collect(loader.epoch(1))
         resumed = collect(loader.epoch(1, start_batch=4))
         next_epoch = collect(loader.epoch(2))  # same persistent workers, new permutation
@@ -93,20 +60,22 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly(shards_dir):
 
 
 def test_epoch_is_a_permutation_without_repeats(shards_dir):
-    order = epoch_permutation(3, 1, N)
-    assert sorted(order.tolist()) == list(range(N))
-    assert np.array_equal(order, epoch_permutation(3, 1, N))
-    assert not np.array_equal(order, epoch_permutation(3, 2, N))
+    train = ShardSet(shards_dir, "train")
+    n = len(train)
+    order = epoch_permutation(3, 1, n)
+    assert sorted(order.tolist()) == list(range(n))
+    assert np.array_equal(order, epoch_permutation(3, 1, n))
+    assert not np.array_equal(order, epoch_permutation(3, 2, n))
     labels = torch.cat([y for _, y in train_batches(shards_dir, epoch=1, workers=0, **OPTIONS)])
-    batches = order[: len(labels)].reshape(-1, 8)
-    assert torch.equal(labels, torch.from_numpy(np.sort(batches, axis=1).reshape(-1) % CLASSES))
+    batches = np.sort(order[: len(labels)].reshape(-1, 8), axis=1)  # ascending within a batch
+    assert torch.equal(labels, torch.from_numpy(train.labels[batches.reshape(-1)]))
 
 
 def test_batches_hold_the_images_of_their_indices(shards_dir):
     # Full-size "crops" with no flip and no lighting: a batch is exactly its images minus the mean.
-    order = epoch_permutation(3, 0, N)
-    mean = torch.from_numpy(load_stats(shards_dir)[0])
     train = ShardSet(shards_dir, "train")
+    order = epoch_permutation(3, 0, len(train))
+    mean = torch.from_numpy(load_stats(shards_dir)[0])
     options = OPTIONS | dict(crop_size=S, flip=False, pca_lighting=False)
     for b, (x, y) in enumerate(train_batches(shards_dir, epoch=0, workers=2, **options)):
         indices = np.sort(order[b * 8 : (b + 1) * 8])
@@ -125,15 +94,17 @@ def test_breaking_off_an_epoch_leaves_the_next_one_intact(shards_dir):
 
 
 def test_eval_keeps_every_image_in_order(shards_dir):
+    val = ShardSet(shards_dir, "val")
+    assert len(val) == 25
     opts = dict(batch_size=10, crop_size=CROP, workers=2)
     center = collect(eval_batches(shards_dir, ten_crop=False, **opts))
     ten = collect(eval_batches(shards_dir, ten_crop=True, **opts))
-    assert [len(y) for _, y in center] == [10, 10, 3]
-    assert torch.equal(torch.cat([y for _, y in center]), torch.arange(23) % CLASSES)
+    assert [len(y) for _, y in center] == [10, 10, 5]
+    assert torch.equal(torch.cat([y for _, y in center]), torch.from_numpy(val.labels))
     assert ten[0][0].shape == (10, 10, 3, CROP, CROP)
     assert torch.equal(ten[0][0][:, 4], center[0][0])  # view 4 is the centre crop
     mean = torch.from_numpy(load_stats(shards_dir)[0])
-    want = center_crop(torch.from_numpy(ShardSet(shards_dir, "val").read(np.arange(23))), mean, crop_size=CROP)
+    want = center_crop(torch.from_numpy(val.read(np.arange(len(val)))), mean, crop_size=CROP)
     assert torch.equal(torch.cat([x for x, _ in center]), want)
     with EvalLoader(shards_dir, batch_size=10, crop_size=CROP, ten_crop=False, workers=0) as loader:
         assert len(loader) == 3
@@ -145,6 +116,6 @@ def test_bad_options_are_rejected(shards_dir):
     with pytest.raises(ValueError, match="crop_size"):
         TrainLoader(shards_dir, batch_size=8, crop_size=S + 1, seed=0, workers=0)
     with pytest.raises(ValueError, match="larger than"):
-        TrainLoader(shards_dir, batch_size=N + 1, crop_size=CROP, seed=0, workers=0)
+        TrainLoader(shards_dir, batch_size=1000, crop_size=CROP, seed=0, workers=0)
     with TrainLoader(shards_dir, workers=0, **OPTIONS) as loader, pytest.raises(ValueError, match="start_batch"):
         loader.epoch(0, start_batch=len(loader) + 1)
