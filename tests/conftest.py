@@ -1,0 +1,24 @@
+"""Shared fixtures for the data tests: a tiny synthetic tree and its prepared index."""
+
+from pathlib import Path
+
+import pytest
+
+# 3 classes x (4 train + 2 val): room for every train-split quirk, and seconds to generate.
+TINY = dict(classes=3, train_per_class=4, val_per_class=2, min_side=40, max_side=80, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict:
+    """data.synthetic params of the tiny tree."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset (prepare stage output); read-only for the tests."""
+    from alexnet.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(out, "synthetic", synthetic_params=TINY, workers=1, progress=False)
+    return out

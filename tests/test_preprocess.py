@@ -1,0 +1,135 @@
+"""preprocess: deterministic shards, and a run stopped at any moment never looks complete."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import alexnet.preprocess as stage
+from alexnet.preprocess import preprocess
+from alexnet.shards import MANIFEST, ShardsError, ShardSet, data_version
+from stages.preprocess import main as preprocess_main
+
+S = 24
+OPTIONS = dict(stored_size=S, fmt="raw", shard_size=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_prepared, tmp_path_factory) -> Path:
+    """One clean run: what every interrupted-then-resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    preprocess(tiny_prepared, out, workers=1, **OPTIONS)
+    return out
+
+
+def shard_files(d: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(d.iterdir()) if p.name.startswith(("train-", "val-"))}
+
+
+def test_layout_counts_and_determinism(tiny_prepared, reference, tmp_path):
+    manifest = json.loads((reference / MANIFEST).read_text())
+    assert manifest["splits"]["train"]["count"] == 11 and manifest["splits"]["val"]["count"] == 6
+    assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [2, 2, 2, 2, 2, 1]
+    assert manifest["num_classes"] == 3 and manifest["stored_size"] == S
+    # Two workers, same bytes: the manifest (with every sha256) is identical.
+    preprocess(tiny_prepared, tmp_path, workers=2, **OPTIONS)
+    assert (tmp_path / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
+    assert data_version(tmp_path) == data_version(reference)
+
+
+def test_rerun_keeps_verified_shards_and_rebuilds_damaged_ones(tiny_prepared, tmp_path):
+    preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
+    before = shard_files(tmp_path)
+    damaged = tmp_path / "train-00001.npy"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+    time.sleep(0.01)
+    preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
+    after = shard_files(tmp_path)
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed and all(n.startswith("train-00001.") for n in changed)
+    ShardSet(tmp_path, "train")  # verifies every sha256
+
+
+def test_new_settings_replace_old_shards(tiny_prepared, tmp_path):
+    preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
+    preprocess(tiny_prepared, tmp_path, workers=1, **{**OPTIONS, "shard_size": 100, "fmt": "jpeg"})
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not any(n.startswith("train-00001") for n in names)  # no stale shards left behind
+    assert ShardSet(tmp_path, "train").format == "jpeg" and len(ShardSet(tmp_path, "train")) == 11
+
+
+def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepared, reference, tmp_path,
+                                                                    monkeypatch):
+    calls = {"n": 0}
+    real = stage.load_patch
+
+    def failing(path, size):
+        calls["n"] += 1
+        if calls["n"] == 6:  # third shard, second image: between its writes and its rename
+            raise OSError("disk on fire")
+        return real(path, size)
+
+    monkeypatch.setattr(stage, "load_patch", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert MANIFEST not in names and not any(n.startswith(".tmp-") for n in names)
+    with pytest.raises(ShardsError, match="no manifest.json"):
+        ShardSet(tmp_path, "train")
+    monkeypatch.setattr(stage, "load_patch", real)
+    manifest = preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
+    assert (tmp_path / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
+    assert manifest["splits"]["train"]["count"] == 11
+
+
+KILLABLE = """
+import sys, time
+import alexnet.preprocess as stage
+real = stage.load_patch
+def slow(path, size):
+    time.sleep(0.15)
+    return real(path, size)
+stage.load_patch = slow
+stage.preprocess(sys.argv[1], sys.argv[2], stored_size=24, fmt="raw", shard_size=2, workers=2, progress=False)
+"""
+
+
+def test_sigkill_mid_run_then_rerun_completes(tiny_prepared, reference, tmp_path):
+    out = tmp_path / "shards"
+    root = Path(__file__).parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_prepared), str(out)], cwd=root,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*.done.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(out.glob("*.done.json")), "no shard finished before the deadline"
+        time.sleep(0.1)  # let the workers get into the middle of the next shards
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the stage and its worker processes
+        proc.wait()
+    finished = {p.name for p in out.glob("*.done.json")}
+    assert not (out / MANIFEST).exists() and len(finished) < 9
+    with pytest.raises(ShardsError):
+        ShardSet(out, "train")
+    manifest = preprocess(tiny_prepared, out, workers=2, **OPTIONS)
+    assert (out / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
+    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+    assert sum(s["count"] for s in manifest["splits"]["val"]["shards"]) == 6
+
+
+def test_stage_entry_point(tiny_prepared, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  stored_size: 40\n  shard_size: 8\n  workers: 1\nmodel:\n  crop_size: 32\n")
+    assert preprocess_main(["--params", str(params), "--prepared", str(tiny_prepared),
+                            "--out", str(tmp_path / "s")]) == 0
+    assert ShardSet(tmp_path / "s", "val").read(np.arange(2)).shape == (2, 40, 40, 3)
+    assert preprocess_main(["--params", str(params), "--prepared", str(tmp_path / "nothing"),
+                            "--out", str(tmp_path / "s2")]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
