@@ -214,6 +214,27 @@ def weights_fingerprint(net: nn.Module, example: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def _check_exported(path: Path, net: nn.Module, example: torch.Tensor, name: str) -> None:
+    """The saved pt2 must take another batch size and agree with `net`, before it is uploaded.
+
+    torch.export silently fixes the batch size when forward branches or loops on it in Python
+    (a blocked kernel, say); such a model would fail on every other batch size once served.
+    """
+    batch = torch.cat([example, example[:1]])  # N + 1 images
+    with torch.no_grad():
+        expected = net(batch)
+        try:
+            got = torch.export.load(str(path)).module()(batch)
+        except Exception as err:  # noqa: BLE001 - re-raised with the cause and the fix
+            raise ValueError(
+                f"model {name!r} was exported for batch size {example.shape[0]} only ({type(err).__name__}: "
+                f"{str(err)[:300]}); its forward depends on the batch size in Python. Give it an "
+                f"export path without that (e.g. under torch.compiler.is_exporting())") from err
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        diff = (got - expected).abs().max().item()
+        raise ValueError(f"exported model {name!r} differs from the in-memory one by up to {diff:.3g}")
+
+
 class Tracker:
     """A thin MlflowClient wrapper that names every run by id.
 
@@ -437,17 +458,22 @@ class Tracker:
             signature = infer_signature(example.numpy(), output.numpy())  # batch dim -1: dynamic
             logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
                                                      tags={"weights_sha256": digest})
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / "model"
-                mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                                     run_id=run_id, model_id=logged.model_id)
-                mlflow.pytorch.save_model(
-                    net, str(local), mlflow_model=mlflow_model, signature=signature,
-                    input_example=example.numpy(), serialization_format="pt2",
-                    # Pinned here: MLflow's inference would load the model in a subprocess.
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                )
-                self.client.log_model_artifacts(logged.model_id, str(local))
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / "model"
+                    mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                                         run_id=run_id, model_id=logged.model_id)
+                    mlflow.pytorch.save_model(
+                        net, str(local), mlflow_model=mlflow_model, signature=signature,
+                        input_example=example.numpy(), serialization_format="pt2",
+                        # Pinned here: MLflow's inference would load the model in a subprocess.
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                    )
+                    _check_exported(local / "data" / "model.pt2", net, example, name)
+                    self.client.log_model_artifacts(logged.model_id, str(local))
+            except BaseException:
+                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                raise
         finally:
             net.train(was_training)
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.entities import LoggedModelStatus
 from torch import nn
 
 from alexnet.config import Params, flatten
@@ -225,8 +226,27 @@ def test_same_weights_are_not_logged_twice(ensemble):
     assert tracker.log_model(run_id, nets["m0"], example, "model") == ensemble["member_uri"]  # a retry
     # A one-member ensemble is its member: the parent gets the member's model, no second copy.
     assert tracker.log_ensemble(ensemble["parent"], [nets["m0"]], example) == ensemble["member_uri"]
-    found = tracker.client.search_logged_models([tracker.experiment_id])
+    found = tracker.client.search_logged_models([tracker.experiment_id], filter_string="name != 'looped'")
     assert len(found) == 2  # the member's and the two-member ensemble's
+
+
+class PerImageLoop(nn.Module):
+    """A forward that loops over the batch in Python: torch.export unrolls it for one batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = small_net(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def test_a_model_exported_for_one_batch_size_is_refused(ensemble):
+    tracker, run_id = ensemble["tracker"], ensemble["members"]["m1"]
+    with pytest.raises(ValueError, match="batch size 4 only"):
+        tracker.log_model(run_id, PerImageLoop(), ensemble["example"], "looped")
+    failed = tracker.client.search_logged_models([tracker.experiment_id], filter_string="name = 'looped'")
+    assert [m.status for m in failed] == [LoggedModelStatus.FAILED]  # never reused as "already logged"
 
 
 def test_champion_alias_moves_only_to_a_better_ensemble(ensemble):
