@@ -325,3 +325,19 @@ def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
     np.testing.assert_allclose(member, expected_member, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ten_crop, per_view.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(champion.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_real_alexnet_loads_without_the_repo(request, tmp_path):
+    """The paper's net (two towers, §3.3 LRN as a custom autograd.Function) at a tiny crop."""
+    model = pytest.importorskip("alexnet.model", reason="alexnet/model.py is not in the tree yet")
+    from alexnet.config import ModelParams
+
+    ensemble, store = request.getfixturevalue("ensemble"), request.getfixturevalue("store")
+    torch.manual_seed(0)
+    net = model.build_model(ModelParams(crop_size=67, num_classes=5, devices=("cpu",)), 5)
+    x = torch.randn(3, 3, 67, 67)
+    uri = ensemble["tracker"].log_model(ensemble["members"]["m1"], net, x[:2], "alexnet")
+    (loaded,) = load_without_repo(store[1], [uri], [x], tmp_path)
+    with torch.no_grad():
+        expected = net.eval()(x).float().softmax(dim=1).numpy()
+    np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-6)
