@@ -411,6 +411,9 @@ class Tracker:
         CPU, single-device instance in any mode: it is exported in eval mode. Weights that this
         experiment already holds as a logged model (a retried task; a one-member ensemble, which is
         its member) are not logged again: that model's URI is returned (tag "weights_sha256").
+        A forward that torch.export fixes to the example's batch size is refused (ValueError). The
+        paper net's fast LRN is such a forward: log a copy built with model.lrn_impl="torch"
+        (same formula, no weights of its own) until alexnet/lrn.py has an export path.
         """
         if example.dim() < 1 or example.shape[0] < 2:
             raise ValueError(f"example batch must hold at least 2 images (got shape {tuple(example.shape)}): "

@@ -328,16 +328,24 @@ def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
 
 
 def test_real_alexnet_loads_without_the_repo(request, tmp_path):
-    """The paper's net (two towers, §3.3 LRN as a custom autograd.Function) at a tiny crop."""
+    """The paper's net (two towers, §3.3 LRN) at a tiny crop, trained with the fast LRN, served as pt2.
+
+    The fast LRN (a custom autograd.Function) loops over pixel blocks in Python, which torch.export
+    fixes to one batch size (log_model refuses that); the copy logged here is built with
+    lrn_impl="torch", the same formula with no weights of its own, and must match the fast net.
+    """
     model = pytest.importorskip("alexnet.model", reason="alexnet/model.py is not in the tree yet")
     from alexnet.config import ModelParams
 
     ensemble, store = request.getfixturevalue("ensemble"), request.getfixturevalue("store")
+    cfg = ModelParams(crop_size=67, num_classes=5, devices=("cpu",))
     torch.manual_seed(0)
-    net = model.build_model(ModelParams(crop_size=67, num_classes=5, devices=("cpu",)), 5)
+    trained = model.build_model(cfg, 5).eval()
+    served = model.build_model(cfg.model_copy(update={"lrn_impl": "torch"}), 5)
+    served.load_state_dict(trained.state_dict())
     x = torch.randn(3, 3, 67, 67)
-    uri = ensemble["tracker"].log_model(ensemble["members"]["m1"], net, x[:2], "alexnet")
+    uri = ensemble["tracker"].log_model(ensemble["members"]["m1"], served, x[:2], "alexnet")
     (loaded,) = load_without_repo(store[1], [uri], [x], tmp_path)
     with torch.no_grad():
-        expected = net.eval()(x).float().softmax(dim=1).numpy()
+        expected = trained(x).float().softmax(dim=1).numpy()
     np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-6)
