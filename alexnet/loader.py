@@ -155,6 +155,9 @@ class _Loader:
             prefetch_factor=prefetch if workers > 0 else None,
             worker_init_fn=_worker_init if workers > 0 else None,
             pin_memory=pin_memory,
+            # Its own generator: iterating a DataLoader draws a base seed, and drawing it from torch's
+            # global RNG would shift dropout's stream, so a resumed run would differ from an unbroken one.
+            generator=torch.Generator(),
         )
 
     def _make_keys(self, epoch: int, start_batch: int) -> Sequence[BatchKey]:
