@@ -74,6 +74,9 @@ class ModelParams(_Section):
     devices: tuple[str, ...] = ("cpu",)
     init: Literal["paper", "kaiming"] = "paper"  # §5: N(0, 0.01), biases 1 in conv2,4,5, fc6,7
     dropout: float = Field(0.5, ge=0.0, lt=1.0)  # §4.2
+    # The network sees (pixel - mean image) / input_scale. The paper: 1 (raw 0..255 units, which its
+    # N(0, 0.01) init is sized for). Kaiming init expects unit-variance inputs: about 58.
+    input_scale: float = Field(1.0, gt=0.0)
 
     @field_validator("devices")
     @classmethod
@@ -90,6 +93,9 @@ class AugmentParams(_Section):
     flip: bool = True  # §4.1: horizontal reflections
     pca_lighting: bool = True  # §4.1: PCA colour augmentation
     pca_std: float = Field(0.1, ge=0.0)  # a_i ~ N(0, 0.1)
+    # Units of the eigenvalues in [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T (alexnet/augment.py says more):
+    # unit_range = covariance of pixels in [0, 1] (a shift of a few levels), the common reading.
+    pca_scale: Literal["unit_range", "sqrt", "pixel_range"] = "unit_range"
 
 
 class TrainParams(_Section):

@@ -1,0 +1,218 @@
+"""One ensemble member, end to end: build, train with resume, export; predict val probabilities.
+
+These are the library functions that the DVC stages and the Prefect flows both call, so a
+`dvc repro` and a Prefect run do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet import loader as loaders
+from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
+from alexnet.checkpoint import load_checkpoint
+from alexnet.config import Params, flatten
+from alexnet.evaluate import save_probs
+from alexnet.model import build_model
+from alexnet.provenance import code_fingerprint, fingerprint, git_commit
+from alexnet.shards import data_version
+from alexnet.train import configure_determinism, fit, predict
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "images_per_s")
+# A one-shot fault for rehearsing recovery (and for the retry test): "MEMBER:EPOCH" makes that
+# member raise InjectedFault once, right after that epoch's checkpoint is written.
+FAULT_ENV = "ALEXNET_FAIL_ONCE"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ALEXNET_FAIL_ONCE fault; the retried member resumes from its checkpoint."""
+
+
+@dataclass(frozen=True)
+class MemberPaths:
+    """Where one member's files live (every path comes from dvc.yaml via the entry point)."""
+
+    model: Path  # final weights + metadata
+    history: Path  # per-epoch CSV, a DVC plot
+    summary: Path  # JSON: final figures, provenance
+    checkpoint: Path  # resumable state, keyed by everything that decides the result
+
+    @staticmethod
+    def of(index: int, models_dir: Path, history_dir: Path, checkpoints_dir: Path, key: str) -> MemberPaths:
+        name = member_name(index)
+        return MemberPaths(
+            model=models_dir / name / "model.pt",
+            history=history_dir / f"{name}.csv",
+            summary=models_dir / name / "summary.json",
+            checkpoint=checkpoints_dir / f"{name}-{key}.pt",
+        )
+
+
+def member_name(index: int) -> str:
+    return f"member-{index}"
+
+
+def member_seed(base_seed: int, index: int) -> int:
+    """§6: members are trained alike and differ only in their seed."""
+    return base_seed + 1000 * index
+
+
+def num_classes_of(prepared_dir: Path, params: Params) -> int:
+    if params.model.num_classes is not None:
+        return params.model.num_classes
+    with open(prepared_dir / "classes.csv") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
+def run_key(params: Params, index: int, shards_dir: Path) -> str:
+    """Everything that decides a member's weights: a checkpoint is resumed only under the same key."""
+    decisive = {
+        "model": params.model.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"workers"}),  # workers don't change results
+        "seed": member_seed(params.train.seed, index),
+        "data": data_version(shards_dir),
+        "code": code_fingerprint(),
+    }
+    return fingerprint(decisive)
+
+
+def train_member(
+    index: int,
+    params: Params,
+    *,
+    prepared_dir: Path,
+    shards_dir: Path,
+    models_dir: Path,
+    history_dir: Path,
+    checkpoints_dir: Path,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train member `index` (resuming from its checkpoint if one exists); write model, history, summary."""
+    name = member_name(index)
+    seed = member_seed(params.train.seed, index)
+    key = run_key(params, index, shards_dir)
+    paths = MemberPaths.of(index, models_dir, history_dir, checkpoints_dir, key)
+    configure_determinism(params.train.deterministic, params.train.threads)
+    classes = num_classes_of(prepared_dir, params)
+    torch.manual_seed(seed)  # the initialisation (§5) and dropout draw from torch's generator
+    model = build_model(params.model, classes)
+    device = params.model.devices[0]
+    meta = {
+        "member": index, "seed": seed, "num_classes": classes, "run_key": key,
+        "params": flatten(params), "data_version": data_version(shards_dir), "git_commit": git_commit(),
+    }
+    tr = params.train
+    train_data = loaders.TrainLoader(
+        shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=tr.workers,
+        flip=tr.augment.flip, pca_lighting=tr.augment.pca_lighting, pca_std=tr.augment.pca_std,
+        pca_scale=tr.augment.pca_scale, divisor=params.model.input_scale,
+    )
+    val_data = loaders.EvalLoader(
+        shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
+        ten_crop=False, workers=tr.workers, divisor=params.model.input_scale,
+    )
+    fault = _fault_for(index, paths.checkpoint)
+
+    def after_epoch(row: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(row)
+        fault(int(row["epoch"]))
+
+    log.info("%s: seed %d, %d classes, devices %s, checkpoint %s", name, seed, classes,
+             list(params.model.devices), paths.checkpoint)
+    history = fit(
+        model, train_batches=train_data.epoch, val_batches=lambda: iter(val_data),
+        train_steps=len(train_data), val_steps=len(val_data),
+        checkpoint_path=paths.checkpoint, device=device, precision=tr.precision, epochs=tr.epochs,
+        lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, update_rule=tr.update_rule,
+        lr_factor=tr.lr_factor, lr_patience=tr.lr_patience, lr_drops=tr.lr_drops,
+        meta=meta, on_epoch=after_epoch, progress=progress, name=name,
+    )
+    summary = {**meta, "epochs": len(history), "final": history[-1] if history else None}
+    export_model(paths.model, model, meta)
+    write_history(paths.history, history)
+    atomic_write_json(paths.summary, summary)
+    return {"name": name, "model": str(paths.model), "history": str(paths.history), **summary}
+
+
+def export_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Weights (CPU tensors, placement-free) plus what is needed to rebuild the network."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"model": state, "meta": meta}, tmp)
+
+
+def load_member(path: Path, params: Params, devices: tuple[str, ...] | None = None) -> torch.nn.Module:
+    """Rebuild a member from its exported file, placed on `devices` (default: params.model.devices)."""
+    state = load_checkpoint(path)
+    cfg = params.model if devices is None else params.model.model_copy(update={"devices": devices})
+    model = build_model(cfg, int(state["meta"]["num_classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def predict_member(
+    model_path: Path, params: Params, *, shards_dir: Path, out_dir: Path, progress: bool = True
+) -> dict[str, str]:
+    """Class probabilities of every val image for the centre crop and (if enabled) the ten patches."""
+    model = load_member(model_path, params)
+    name = model_path.parent.name
+    device = params.model.devices[0]
+    out: dict[str, str] = {}
+    views = {"center": False, **({"ten_crop": True} if params.evaluate.ten_crop else {})}
+    for view, ten in views.items():
+        data = loaders.EvalLoader(
+            shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
+            ten_crop=ten, workers=params.train.workers, divisor=params.model.input_scale,
+        )
+        with data:
+            probs, labels = predict(model, data, device=device, precision=params.train.precision,
+                                    total=len(data), desc=f"{name} {view}", progress=progress)
+        path = out_dir / f"{name}.{view}.npy"
+        save_probs(path, probs)
+        out[view] = str(path)
+    return out
+
+
+def _fault_for(index: int, checkpoint: Path) -> Callable[[int], None]:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return lambda epoch: None
+    try:
+        member, epoch_text = spec.split(":")
+        target = (int(member), int(epoch_text))
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected MEMBER:EPOCH, e.g. 1:2") from None
+    marker = checkpoint.with_suffix(".fault-fired")
+
+    def fire(epoch: int) -> None:
+        if (index, epoch) == target and not marker.exists():
+            marker.touch()
+            raise InjectedFault(f"{FAULT_ENV}: member {index} fails once after epoch {epoch}")
+
+    return fire
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

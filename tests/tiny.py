@@ -1,0 +1,33 @@
+"""A tiny, fast training setup shared by the training and flow tests."""
+
+from pathlib import Path
+
+from alexnet.config import parse_params
+
+
+def tiny_params(**train) -> dict:
+    """Raw params: 3 synthetic classes, 72 px stored, 64 px crops, fp32, deterministic, 1 thread."""
+    return {
+        "data": {"synthetic": {"classes": 3, "train_per_class": 16, "val_per_class": 4, "min_side": 64,
+                               "max_side": 96, "seed": 1}},
+        "preprocess": {"stored_size": 72, "shard_size": 16, "workers": 1},
+        "model": {"crop_size": 64, "init": "kaiming", "input_scale": 58.0},
+        "train": {"epochs": 4, "batch_size": 8, "lr": 0.01, "precision": "fp32", "deterministic": True,
+                  "workers": 1, "threads": 1, "lr_patience": 10, **train},
+        "evaluate": {"batch_size": 16},
+        "ensemble": {"members": 1},
+    }
+
+
+def build_tiny_data(root: Path) -> Path:
+    """Run the real prepare and preprocess library functions into root/prepared and root/shards."""
+    from alexnet.prepare import prepare
+    from alexnet.preprocess import preprocess
+
+    params = parse_params(tiny_params())
+    p = params.preprocess
+    prepare(root / "prepared", "synthetic", synthetic_params=params.data.synthetic.model_dump(), workers=1,
+            progress=False)
+    preprocess(root / "prepared", root / "shards", stored_size=p.stored_size, fmt=p.format,
+               shard_size=p.shard_size, workers=1, progress=False)
+    return root
