@@ -1,0 +1,195 @@
+"""Local response normalisation across channels (§3.3), fast on CPU.
+
+    b[i] = a[i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[j]^2) ** beta
+
+alpha multiplies the plain sum (the paper's convention), so the paper's layer
+(k=2, n=5, alpha=1e-4, beta=0.75) equals nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2).
+
+Why not nn.LocalResponseNorm: it builds the window sum with avg_pool3d over a padded copy
+and lets autograd keep every intermediate; on a 2-core CPU it costs more than half of the
+paper model's training step. Here the layer is one autograd.Function that works on the
+channels-last view (pixels, channels) in blocks of a few thousand pixels, so the
+intermediates stay in cache and only the input, the output, two saved factors and the
+gradients go through memory. The backward is analytic:
+
+    d[i] = k + alpha * S[i],  S[i] = window sum of a^2 around i
+    dL/da[m] = g[m] d[m]^-beta - 2 alpha beta a[m] * sum_{i: m in window(i)} g[i] a[i] d[i]^(-beta-1)
+
+The window is symmetric, so the last sum is the same window sum applied to g * b / d.
+The forward saves d^-beta and b/d (float32); the backward is then a few in-cache
+operations per block.
+
+`groups` normalises each contiguous block of channels on its own (one tower's kernels,
+§3.2: the window never crosses from one tower's channels into the other's). Sums
+accumulate in float32 whatever the input dtype (bf16 under autocast); the output has the
+input's dtype. relu=True computes LRN(ReLU(x)) without materialising ReLU(x) (the
+model's conv1 and conv2 are followed by exactly that).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Pixels per block: 96 channels x 2048 pixels x 4 bytes = 768 KiB per float32 temporary.
+BLOCK_PIXELS = 2048
+
+
+def _pixels(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, H, W) channels-last -> (N*H*W, groups, C/groups) view (no copy)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, groups, c // groups)
+
+
+class _Workspace:
+    """Per-call block buffers, reused across blocks so that nothing large is allocated per block."""
+
+    def __init__(self, rows: int, groups: int, channels: int, half: int, dtype: torch.dtype):
+        self.half, self.channels = half, channels
+        # Zero borders of `half` channels on each side of every group: the clipped window.
+        self.padded = torch.zeros(rows, groups, channels + 2 * half, dtype=dtype)
+        self.pairs = torch.empty(rows, groups, channels + 2 * half - 1, dtype=dtype)
+        self.sums = torch.empty(rows, groups, channels, dtype=dtype)
+        self.scratch = torch.empty(rows, groups, channels, dtype=dtype)
+        self.values = torch.empty(rows, groups, channels, dtype=dtype)
+
+    def interior(self, rows: int) -> torch.Tensor:
+        return self.padded[:rows, :, self.half : self.half + self.channels]
+
+    def window_sum(self, rows: int) -> torch.Tensor:
+        """Window sum of what was written into interior(rows), clipped at the group edges."""
+        p, c, h = self.padded[:rows], self.channels, self.half
+        if h == 2:  # n=5: pairs q[j] = p[j] + p[j+1]; S[i] = q[i] + q[i+2] + p[i+4] (three adds, not four)
+            q = torch.add(p[..., :-1], p[..., 1:], out=self.pairs[:rows])
+            s = torch.add(q[..., :c], q[..., 2 : c + 2], out=self.sums[:rows])
+            return s.add_(p[..., 4 : c + 4])
+        s = torch.add(p[..., :c], p[..., 1 : c + 1], out=self.sums[:rows])
+        for j in range(2, 2 * h + 1):
+            s.add_(p[..., j : c + j])
+        return s
+
+
+def _activation(x_block: torch.Tensor, relu: bool, ws: _Workspace, rows: int) -> torch.Tensor:
+    # a (= ReLU(x) when relu) in the accumulation dtype for one block; a read-only view of x
+    # when nothing changes.
+    if x_block.dtype != ws.values.dtype:
+        a = ws.values[:rows].copy_(x_block)
+        return a.clamp_min_(0) if relu else a
+    if relu:
+        return torch.clamp_min(x_block, 0, out=ws.values[:rows])
+    return x_block
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _LRNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k, groups, relu):
+        x = x.contiguous(memory_format=torch.channels_last)
+        acc = _accumulation_dtype(x.dtype)
+        out = torch.empty_like(x)
+        scale = torch.empty_like(x, dtype=acc)  # d^-beta (0 where ReLU cut the input)
+        ratio = torch.empty_like(x, dtype=acc)  # b / d = a d^(-beta-1)
+        xp, op, sp, rp = (_pixels(t, groups) for t in (x, out, scale, ratio))
+        ws = _Workspace(min(BLOCK_PIXELS, xp.shape[0]), groups, xp.shape[2], size // 2, acc)
+        for start in range(0, xp.shape[0], BLOCK_PIXELS):
+            block = slice(start, start + BLOCK_PIXELS)
+            rows = xp[block].shape[0]
+            a = _activation(xp[block], relu, ws, rows)
+            torch.mul(a, a, out=ws.interior(rows))
+            d = ws.window_sum(rows).mul_(alpha).add_(k)
+            if beta == 0.75:  # d^-0.75 = rsqrt(d sqrt(d)): hardware square roots, not exp(log())
+                s = torch.sqrt(d, out=sp[block]).mul_(d).rsqrt_()
+            else:
+                s = torch.pow(d, -beta, out=sp[block])
+            b = torch.mul(a, s, out=op[block] if out.dtype == acc else ws.scratch[:rows])
+            torch.div(b, d, out=rp[block])
+            if out.dtype != acc:
+                op[block].copy_(b)
+            if relu:
+                s.mul_(a > 0)  # ReLU's gradient, folded into the saved factor
+        ctx.save_for_backward(x, scale, ratio)
+        ctx.args = (size, alpha, beta, groups, relu)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale, ratio = ctx.saved_tensors
+        size, alpha, beta, groups, relu = ctx.args
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        grad_in = torch.empty_like(x)
+        acc = scale.dtype
+        xp, gp, ip, sp, rp = (_pixels(t, groups) for t in (x, grad_out, grad_in, scale, ratio))
+        ws = _Workspace(min(BLOCK_PIXELS, xp.shape[0]), groups, xp.shape[2], size // 2, acc)
+        for start in range(0, xp.shape[0], BLOCK_PIXELS):
+            block = slice(start, start + BLOCK_PIXELS)
+            rows = xp[block].shape[0]
+            g = gp[block]
+            torch.mul(g, rp[block], out=ws.interior(rows))  # g b / d
+            window = ws.window_sum(rows)
+            grad = torch.mul(g, sp[block], out=ip[block] if x.dtype == acc else ws.scratch[:rows])
+            grad.addcmul_(_activation(xp[block], relu, ws, rows), window, value=-2.0 * alpha * beta)
+            if x.dtype != acc:
+                ip[block].copy_(grad)
+        return grad_in, None, None, None, None, None, None
+
+
+def local_response_norm(
+    x: torch.Tensor,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    groups: int = 1,
+    relu: bool = False,
+) -> torch.Tensor:
+    """The paper's LRN over the channels of (N, C, H, W) x; alpha multiplies the plain window sum."""
+    if x.dim() != 4:
+        raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
+    if size % 2 != 1:
+        raise ValueError(f"size must be odd (a window centred on each channel), got {size}")
+    if x.device.type != "cpu":
+        return _reference(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
+    return _LRNFunction.apply(x, size, alpha, beta, k, groups, relu)
+
+
+def _reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    # nn.LocalResponseNorm divides alpha by the window size: give it size * alpha. Computed in float32.
+    parts = [
+        nn.functional.local_response_norm(part.float(), size, alpha * size, beta, k).to(x.dtype)
+        for part in x.chunk(groups, dim=1)
+    ]
+    return parts[0] if groups == 1 else torch.cat(parts, dim=1)
+
+
+class LocalResponseNorm(nn.Module):
+    """§3.3 LRN as a module; impl "fast" (this file) or "torch" (nn.LocalResponseNorm), same formula."""
+
+    def __init__(
+        self,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        groups: int = 1,
+        impl: str = "fast",
+    ):
+        super().__init__()
+        if impl not in ("fast", "torch"):
+            raise ValueError(f"unknown LRN impl {impl!r}; allowed: fast, torch")
+        self.size, self.alpha, self.beta, self.k, self.groups, self.impl = size, alpha, beta, k, groups, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "fast":
+            return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        return _reference(x, self.size, self.alpha, self.beta, self.k, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+            f"groups={self.groups}, impl={self.impl}"
+        )

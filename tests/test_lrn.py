@@ -1,0 +1,98 @@
+"""The fast LRN computes the paper's formula (§3.3), forward and gradient."""
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet.lrn import LocalResponseNorm, local_response_norm
+
+PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+
+def loop_lrn(a: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1) -> torch.Tensor:
+    """The formula as written: b[i] = a[i] / (k + alpha * sum_{j in clipped window} a[j]^2)^beta."""
+    out = torch.empty_like(a)
+    per_group = a.shape[1] // groups
+    for i in range(a.shape[1]):
+        first = (i // per_group) * per_group
+        lo, hi = max(first, i - size // 2), min(first + per_group - 1, i + size // 2)
+        s = (a[:, lo : hi + 1] ** 2).sum(dim=1)
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+def activations(shape, dtype=torch.float32, seed=0, channels_last=True):
+    g = torch.Generator().manual_seed(seed)
+    # Scale 30: large enough that alpha * sum(a^2) is comparable to k, so the window matters.
+    x = torch.randn(shape, generator=g, dtype=torch.float64).mul(30).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_forward_matches_the_formula_and_torch(groups, channels_last):
+    x = activations((2, 12, 5, 4), torch.float64, channels_last=channels_last)
+    got = local_response_norm(x, groups=groups, **PAPER)
+    torch.testing.assert_close(got, loop_lrn(x, groups=groups), rtol=1e-12, atol=1e-12)
+    torch_lrn = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    expected = torch.cat([torch_lrn(part) for part in x.chunk(groups, dim=1)], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # the window really matters at this scale (not just a ~k^-beta rescaling)
+    assert not torch.allclose(got, x / 2.0**0.75, rtol=1e-2)
+
+
+def test_groups_normalise_each_tower_alone():
+    x = activations((1, 8, 3, 3), torch.float64)
+    y = local_response_norm(x, groups=2, **PAPER)
+    x2 = x.clone()
+    x2[:, 4:] *= 100  # tower B's channels only
+    torch.testing.assert_close(local_response_norm(x2, groups=2, **PAPER)[:, :4], y[:, :4])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gradcheck_float64(relu, groups):
+    x = activations((2, 10, 3, 3), torch.float64, seed=1)
+    x = x + torch.sign(x) * 0.5  # keep away from ReLU's kink, where finite differences lie
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t: local_response_norm(t, groups=groups, relu=relu, **PAPER), (x,), eps=1e-6, atol=1e-7
+    )
+
+
+def test_gradients_match_torch_across_blocks(monkeypatch):
+    monkeypatch.setattr("alexnet.lrn.BLOCK_PIXELS", 7)  # several blocks, a ragged last one
+    x = activations((3, 16, 5, 5), torch.float32, seed=2).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    grad = torch.randn(3, 16, 5, 5)
+    local_response_norm(x, groups=2, relu=True, **PAPER).backward(grad)
+    ref = torch.cat([nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(p) for p in torch.relu(x_ref).chunk(2, dim=1)], 1)
+    ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_sums_in_float32_and_keeps_dtype():
+    x = activations((2, 16, 4, 4), torch.float32, seed=3)
+    exact = loop_lrn(x.double(), groups=2)
+    xb = x.to(torch.bfloat16).requires_grad_(True)
+    y = local_response_norm(xb, groups=2, **PAPER)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), exact, rtol=2e-2, atol=1e-2)
+    y.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
+
+
+def test_module_impls_agree():
+    x = activations((2, 12, 4, 4), torch.float32)
+    fast = LocalResponseNorm(groups=2, impl="fast")(x)
+    ref = LocalResponseNorm(groups=2, impl="torch")(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="groups"):
+        local_response_norm(torch.zeros(1, 5, 2, 2), groups=2)
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        local_response_norm(torch.zeros(5, 2, 2))
+    with pytest.raises(ValueError, match="impl"):
+        LocalResponseNorm(impl="cuda")
