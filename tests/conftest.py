@@ -1,8 +1,16 @@
-"""Shared fixtures for the data tests: a tiny synthetic tree and its prepared index."""
+"""Test-session isolation, and shared fixtures: a tiny synthetic tree and its prepared index."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# No test may touch the user's ~/.prefect or the project's mlflow.db: Prefect's home goes to a
+# throwaway folder before anything imports prefect, and MLflow gets a URI only from each test.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="alexnet-tests-prefect-")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
 
 # 3 classes x (4 train + 2 val): room for every train-split quirk, and seconds to generate.
 TINY = dict(classes=3, train_per_class=4, val_per_class=2, min_side=40, max_side=80, seed=0)

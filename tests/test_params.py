@@ -1,5 +1,7 @@
 """alexnet/config.py: bad params fail before any work, with a message naming the key."""
 
+from pathlib import Path
+
 import pytest
 
 from alexnet.config import ParamsError, load_params, parse_params
@@ -65,3 +67,23 @@ def test_project_params_file_is_valid():
     from pathlib import Path
 
     load_params(Path(__file__).parents[1] / "params.yaml")
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params/paper.yaml", "params/imagenette.yaml"])
+def test_shipped_params_files_load(name):
+    load_params(PROJECT / name)
+
+
+def test_paper_profile_is_the_papers_recipe():
+    paper = load_params(PROJECT / "params/paper.yaml")
+    defaults = parse_params({})
+    # Every model and training key of the paper profile equals the paper defaults in config.py,
+    # except the settings the paper leaves to the machine (devices, loader workers, determinism).
+    assert paper.model.model_dump(exclude={"devices"}) == defaults.model.model_dump(exclude={"devices"})
+    assert paper.train.model_dump(exclude={"workers", "deterministic"}) == defaults.train.model_dump(
+        exclude={"workers", "deterministic"})
+    assert (paper.model.crop_size, paper.preprocess.stored_size, paper.train.batch_size) == (224, 256, 128)
+    assert paper.model.devices == ("cuda:0", "cuda:1") and paper.model.init == "paper"
