@@ -153,12 +153,15 @@ def local_response_norm(
     if size % 2 != 1:
         raise ValueError(f"size must be odd (a window centred on each channel), got {size}")
     if x.device.type != "cpu":
-        return _reference(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
+        return reference_local_response_norm(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
     return _LRNFunction.apply(x, size, alpha, beta, k, groups, relu)
 
 
-def _reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
-    # nn.LocalResponseNorm divides alpha by the window size: give it size * alpha. Computed in float32.
+def reference_local_response_norm(
+    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1
+) -> torch.Tensor:
+    """The same layer through nn.functional.local_response_norm (float32 inside), per group of channels."""
+    # nn.LocalResponseNorm divides alpha by the window size: give it size * alpha.
     parts = [
         nn.functional.local_response_norm(part.float(), size, alpha * size, beta, k).to(x.dtype)
         for part in x.chunk(groups, dim=1)
@@ -186,7 +189,7 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "fast":
             return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
-        return _reference(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        return reference_local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def extra_repr(self) -> str:
         return (

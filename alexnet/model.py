@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.config import ModelParams
-from alexnet.lrn import local_response_norm
+from alexnet.lrn import local_response_norm, reference_local_response_norm
 
 # §3.3: k=2, n=5, alpha=1e-4 (multiplying the plain sum), beta=0.75.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
@@ -194,14 +194,7 @@ class AlexNet(nn.Module):
         if norm and self.lrn and self.lrn_impl == "fast":
             x = local_response_norm(x, LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=groups, relu=True)
         elif norm and self.lrn:
-            # nn.LocalResponseNorm divides alpha by the window size: give it size * alpha.
-            x = torch.cat(
-                [
-                    F.local_response_norm(part, LRN_SIZE, LRN_SIZE * LRN_ALPHA, LRN_BETA, LRN_K)
-                    for part in F.relu(x).chunk(groups, dim=1)
-                ],
-                dim=1,
-            )
+            x = reference_local_response_norm(F.relu(x), LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=groups)
         else:
             x = F.relu(x)
         return F.max_pool2d(x, self.pool_kernel, 2)
@@ -249,6 +242,7 @@ class AlexNet(nn.Module):
 
     def features_fc7(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d fc7 activations (after ReLU and, in training mode, dropout), on the first device."""
+        x = x.to(self.devices[0], non_blocking=True)  # a no-op when it is already there
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if len(self.devices) == 2:
@@ -261,6 +255,8 @@ class AlexNet(nn.Module):
 
 def build_model(cfg: ModelParams, num_classes: int) -> AlexNet:
     """The network as the model section of params.yaml describes it, placed on cfg.devices."""
+    if cfg.num_classes is not None and cfg.num_classes != num_classes:
+        raise ValueError(f"model.num_classes={cfg.num_classes} but the data has {num_classes} classes")
     model = AlexNet(
         num_classes=num_classes,
         towers=cfg.towers,
