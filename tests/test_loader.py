@@ -84,6 +84,20 @@ def test_batches_hold_the_images_of_their_indices(shards_dir):
         assert torch.equal(y, torch.from_numpy(train.labels[indices]))
 
 
+def test_iterating_leaves_the_global_rng_alone(shards_dir):
+    # A resumed run iterates its loader a different number of times before a given step than an
+    # unbroken one; if that drew from torch's global RNG, dropout's stream would shift.
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        with TrainLoader(shards_dir, workers=workers, **OPTIONS) as loader:
+            for _ in loader.epoch(0):
+                pass
+            next(iter(loader.epoch(1)))
+        after = torch.rand(3)
+        torch.manual_seed(0)
+        assert torch.equal(after, torch.rand(3)), workers
+
+
 def test_breaking_off_an_epoch_leaves_the_next_one_intact(shards_dir):
     with TrainLoader(shards_dir, workers=2, **OPTIONS) as loader:
         for i, _ in enumerate(loader.epoch(0)):
