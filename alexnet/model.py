@@ -191,7 +191,9 @@ class AlexNet(nn.Module):
 
     def _relu_norm_pool(self, x: torch.Tensor, groups: int, norm: bool) -> torch.Tensor:
         # ReLU, then §3.3 LRN within each tower's channels (norm), then §3.4 max-pool.
-        if norm and self.lrn and self.lrn_impl == "fast":
+        # Under torch.export the formula runs as plain torch ops: the fast LRN's block loop would pin
+        # the exported graph to one batch size. Same numbers, and export is for inference only.
+        if norm and self.lrn and self.lrn_impl == "fast" and not torch.compiler.is_exporting():
             x = local_response_norm(x, LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=groups, relu=True)
         elif norm and self.lrn:
             x = reference_local_response_norm(F.relu(x), LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=groups)
