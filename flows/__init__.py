@@ -1,0 +1,1 @@
+"""Prefect flows over the alexnet library: they orchestrate, the library computes."""
