@@ -28,8 +28,12 @@ model's conv1 and conv2 are followed by exactly that).
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # Pixels per block: 96 channels x 2048 pixels x 4 bytes = 768 KiB per float32 temporary.
 BLOCK_PIXELS = 2048
@@ -84,6 +88,86 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _forward_rows(xp, op, sp, rp, first, last, size, alpha, beta, k, relu):
+    """Forward over pixel rows [first, last): out = a d^-beta; saves d^-beta and b / d."""
+    acc = sp.dtype
+    ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
+    for start in range(first, last, BLOCK_PIXELS):
+        block = slice(start, min(start + BLOCK_PIXELS, last))
+        rows = block.stop - block.start
+        a = _activation(xp[block], relu, ws, rows)
+        torch.mul(a, a, out=ws.interior(rows))
+        d = ws.window_sum(rows).mul_(alpha).add_(k)
+        if beta == 0.75:  # d^-0.75 = rsqrt(d sqrt(d)): hardware square roots, not exp(log())
+            s = torch.sqrt(d, out=sp[block]).mul_(d).rsqrt_()
+        else:
+            s = torch.pow(d, -beta, out=sp[block])
+        b = torch.mul(a, s, out=op[block] if op.dtype == acc else ws.scratch[:rows])
+        torch.div(b, d, out=rp[block])
+        if op.dtype != acc:
+            op[block].copy_(b)
+        if relu:
+            s.mul_(a > 0)  # ReLU's gradient, folded into the saved factor
+
+
+def _backward_rows(xp, gp, ip, sp, rp, first, last, size, alpha, beta, relu):
+    """Backward over pixel rows [first, last): g d^-beta - 2 alpha beta a * window_sum(g b / d)."""
+    acc = sp.dtype
+    ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
+    for start in range(first, last, BLOCK_PIXELS):
+        block = slice(start, min(start + BLOCK_PIXELS, last))
+        rows = block.stop - block.start
+        g = gp[block]
+        torch.mul(g, rp[block], out=ws.interior(rows))  # g b / d
+        window = ws.window_sum(rows)
+        grad = torch.mul(g, sp[block], out=ip[block] if ip.dtype == acc else ws.scratch[:rows])
+        grad.addcmul_(_activation(xp[block], relu, ws, rows), window, value=-2.0 * alpha * beta)
+        if ip.dtype != acc:
+            ip[block].copy_(grad)
+
+
+# Block-level parallelism: each thread runs its share of the blocks with one intra-op thread,
+# instead of every small op opening its own OpenMP region. On a busy 2-core machine (a data
+# loader, other jobs) per-op regions stall at their barriers and the layer slows down several
+# fold; whole shares of blocks do not. torch ops release the GIL while they compute.
+PARALLEL_BLOCKS = True
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _without_grad(work, first: int, last: int) -> None:
+    with torch.no_grad():  # grad mode is per thread; the caller's forward/backward run without it
+        work(first, last)
+
+
+def _one_intra_op_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_rows(work, rows: int) -> None:
+    """Call work(first, last) on shares of [0, rows), in parallel over torch's intra-op threads."""
+    global _pool
+    intra_op = torch.get_num_threads()
+    threads = min(intra_op, 8, max(1, rows // BLOCK_PIXELS))
+    if not PARALLEL_BLOCKS or threads == 1:
+        work(0, rows)
+        return
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads - 1:
+            _pool = ThreadPoolExecutor(threads - 1, "lrn", initializer=_one_intra_op_thread)
+    # Shares of whole blocks, the caller's thread taking the first.
+    blocks = -(-rows // BLOCK_PIXELS)
+    bounds = [min(rows, (blocks * i // threads) * BLOCK_PIXELS) for i in range(threads + 1)]
+    torch.set_num_threads(1)
+    try:
+        futures = [_pool.submit(_without_grad, work, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+        work(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
+    finally:
+        torch.set_num_threads(intra_op)
+
+
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k, groups, relu):
@@ -93,46 +177,20 @@ class _LRNFunction(torch.autograd.Function):
         scale = torch.empty_like(x, dtype=acc)  # d^-beta (0 where ReLU cut the input)
         ratio = torch.empty_like(x, dtype=acc)  # b / d = a d^(-beta-1)
         xp, op, sp, rp = (_pixels(t, groups) for t in (x, out, scale, ratio))
-        ws = _Workspace(min(BLOCK_PIXELS, xp.shape[0]), groups, xp.shape[2], size // 2, acc)
-        for start in range(0, xp.shape[0], BLOCK_PIXELS):
-            block = slice(start, start + BLOCK_PIXELS)
-            rows = xp[block].shape[0]
-            a = _activation(xp[block], relu, ws, rows)
-            torch.mul(a, a, out=ws.interior(rows))
-            d = ws.window_sum(rows).mul_(alpha).add_(k)
-            if beta == 0.75:  # d^-0.75 = rsqrt(d sqrt(d)): hardware square roots, not exp(log())
-                s = torch.sqrt(d, out=sp[block]).mul_(d).rsqrt_()
-            else:
-                s = torch.pow(d, -beta, out=sp[block])
-            b = torch.mul(a, s, out=op[block] if out.dtype == acc else ws.scratch[:rows])
-            torch.div(b, d, out=rp[block])
-            if out.dtype != acc:
-                op[block].copy_(b)
-            if relu:
-                s.mul_(a > 0)  # ReLU's gradient, folded into the saved factor
+        _run_rows(lambda i, j: _forward_rows(xp, op, sp, rp, i, j, size, alpha, beta, k, relu), xp.shape[0])
         ctx.save_for_backward(x, scale, ratio)
         ctx.args = (size, alpha, beta, groups, relu)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, scale, ratio = ctx.saved_tensors
         size, alpha, beta, groups, relu = ctx.args
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_in = torch.empty_like(x)
-        acc = scale.dtype
         xp, gp, ip, sp, rp = (_pixels(t, groups) for t in (x, grad_out, grad_in, scale, ratio))
-        ws = _Workspace(min(BLOCK_PIXELS, xp.shape[0]), groups, xp.shape[2], size // 2, acc)
-        for start in range(0, xp.shape[0], BLOCK_PIXELS):
-            block = slice(start, start + BLOCK_PIXELS)
-            rows = xp[block].shape[0]
-            g = gp[block]
-            torch.mul(g, rp[block], out=ws.interior(rows))  # g b / d
-            window = ws.window_sum(rows)
-            grad = torch.mul(g, sp[block], out=ip[block] if x.dtype == acc else ws.scratch[:rows])
-            grad.addcmul_(_activation(xp[block], relu, ws, rows), window, value=-2.0 * alpha * beta)
-            if x.dtype != acc:
-                ip[block].copy_(grad)
+        _run_rows(lambda i, j: _backward_rows(xp, gp, ip, sp, rp, i, j, size, alpha, beta, relu), xp.shape[0])
         return grad_in, None, None, None, None, None, None
 
 

@@ -60,8 +60,11 @@ def test_gradcheck_float64(relu, groups):
     )
 
 
-def test_gradients_match_torch_across_blocks(monkeypatch):
+@pytest.mark.parametrize("parallel_blocks", [True, False])
+def test_gradients_match_torch_across_blocks(monkeypatch, parallel_blocks):
     monkeypatch.setattr("alexnet.lrn.BLOCK_PIXELS", 7)  # several blocks, a ragged last one
+    monkeypatch.setattr("alexnet.lrn.PARALLEL_BLOCKS", parallel_blocks)
+    threads = torch.get_num_threads()
     x = activations((3, 16, 5, 5), torch.float32, seed=2).requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
     grad = torch.randn(3, 16, 5, 5)
@@ -69,6 +72,7 @@ def test_gradients_match_torch_across_blocks(monkeypatch):
     ref = torch.cat([nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(p) for p in torch.relu(x_ref).chunk(2, dim=1)], 1)
     ref.backward(grad)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    assert torch.get_num_threads() == threads  # the block threads hand the intra-op threads back
 
 
 def test_bf16_sums_in_float32_and_keeps_dtype():
