@@ -111,7 +111,8 @@ class TrainParams(_Section):
     lr_drops: int = Field(3, ge=0)
     # "paper": v <- m v - wd eps w - eps g (§5); "pytorch": torch.optim.SGD's v <- m v + g + wd w.
     update_rule: Literal["paper", "pytorch"] = "paper"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 where the hardware computes it natively (AVX-512 BF16/AMX CPUs, bf16 GPUs), else fp32.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     deterministic: bool = False
     workers: int = Field(2, ge=1)  # background loader processes
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default

@@ -26,7 +26,7 @@ from alexnet.evaluate import save_probs
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
-from alexnet.train import configure_determinism, fit, predict
+from alexnet.train import configure_determinism, fit, predict, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def run_key(params: Params, index: int, shards_dir: Path) -> str:
         "model": params.model.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json", exclude={"workers"}),  # workers don't change results
         "seed": member_seed(params.train.seed, index),
+        "precision": resolve_precision(params.train.precision, params.model.devices[0]),  # what "auto" became
         "data": data_version(shards_dir),
         "code": code_fingerprint(),
     }
@@ -110,9 +111,11 @@ def train_member(
     torch.manual_seed(seed)  # the initialisation (§5) and dropout draw from torch's generator
     model = build_model(params.model, classes)
     device = params.model.devices[0]
+    precision = resolve_precision(params.train.precision, device)
     meta = {
         "member": index, "seed": seed, "num_classes": classes, "run_key": key,
-        "params": flatten(params), "data_version": data_version(shards_dir), "git_commit": git_commit(),
+        "params": flatten(params), "precision": precision, "data_version": data_version(shards_dir),
+        "git_commit": git_commit(),
     }
     tr = params.train
     train_data = loaders.TrainLoader(
@@ -131,12 +134,12 @@ def train_member(
             on_epoch(row)
         fault(int(row["epoch"]))
 
-    log.info("%s: seed %d, %d classes, devices %s, checkpoint %s", name, seed, classes,
-             list(params.model.devices), paths.checkpoint)
+    log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
+             list(params.model.devices), precision, paths.checkpoint)
     history = fit(
         model, train_batches=train_data.epoch, val_batches=lambda: iter(val_data),
         train_steps=len(train_data), val_steps=len(val_data),
-        checkpoint_path=paths.checkpoint, device=device, precision=tr.precision, epochs=tr.epochs,
+        checkpoint_path=paths.checkpoint, device=device, precision=precision, epochs=tr.epochs,
         lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, update_rule=tr.update_rule,
         lr_factor=tr.lr_factor, lr_patience=tr.lr_patience, lr_drops=tr.lr_drops,
         meta=meta, on_epoch=after_epoch, progress=progress, name=name,
@@ -187,7 +190,8 @@ def predict_member(
             ten_crop=ten, workers=params.train.workers, divisor=params.model.input_scale,
         )
         with data:
-            probs, labels = predict(model, data, device=device, precision=params.train.precision,
+            probs, labels = predict(model, data, device=device,
+                                    precision=resolve_precision(params.train.precision, device),
                                     total=len(data), desc=f"{name} {view}", progress=progress)
         path = out_dir / f"{name}.{view}.npy"
         save_probs(path, probs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from alexnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from alexnet.metrics import topk_err, topk_errs
+from alexnet.model import autocast
 from alexnet.optim import PlateauSchedule, make_optimizer, set_lr
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,20 @@ log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the first device's type; fp32 runs as written."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+def resolve_precision(precision: str, device: str) -> str:
+    """"auto" -> "bf16" where the device computes bf16 natively, else "fp32".
+
+    On a CPU without AVX-512 BF16/AMX (AVX2 only, say), oneDNN emulates bf16 and a training
+    step runs about 10x slower than fp32 (measured on a 2-core AVX2 EPYC), so auto picks fp32 there.
+    """
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if kind == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
 
 
 def configure_determinism(deterministic: bool, threads: int | None) -> None:

@@ -1,1 +1,11 @@
 """Prefect flows over the alexnet library: they orchestrate, the library computes."""
+
+import os
+
+# Without PREFECT_API_URL a flow starts Prefect's temporary local server; its default 20 s start-up
+# budget is too short on a busy 2-core machine (seen timing out there). Set before prefect loads.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The temporary server tries to send usage telemetry, which fails (and logs an error) offline.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The library logs through `logging`; let Prefect show those lines in the run logs and the UI.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alexnet")
