@@ -17,7 +17,9 @@ gradients go through memory. The backward is analytic:
 
 The window is symmetric, so the last sum is the same window sum applied to g * b / d.
 The forward saves d^-beta and b/d (float32); the backward is then a few in-cache
-operations per block.
+operations per block. Blocks are shared out over torch's intra-op threads as whole runs
+(one thread each), not parallelised op by op: see _run_rows. Non-CPU tensors take the
+nn.functional.local_response_norm path (same formula).
 
 `groups` normalises each contiguous block of channels on its own (one tower's kernels,
 §3.2: the window never crosses from one tower's channels into the other's). Sums
