@@ -30,6 +30,7 @@ model's conv1 and conv2 are followed by exactly that).
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -134,6 +135,7 @@ def _backward_rows(xp, gp, ip, sp, rp, first, last, size, alpha, beta, relu):
 # fold; whole shares of blocks do not. torch ops release the GIL while they compute.
 PARALLEL_BLOCKS = True
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = -1  # a forked child inherits the pool object but not its threads: it needs its own
 _pool_lock = threading.Lock()
 
 
@@ -148,15 +150,16 @@ def _one_intra_op_thread() -> None:
 
 def _run_rows(work, rows: int) -> None:
     """Call work(first, last) on shares of [0, rows), in parallel over torch's intra-op threads."""
-    global _pool
+    global _pool, _pool_pid
     intra_op = torch.get_num_threads()
     threads = min(intra_op, 8, max(1, rows // BLOCK_PIXELS))
     if not PARALLEL_BLOCKS or threads == 1:
         work(0, rows)
         return
     with _pool_lock:
-        if _pool is None or _pool._max_workers < threads - 1:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < threads - 1:
             _pool = ThreadPoolExecutor(threads - 1, "lrn", initializer=_one_intra_op_thread)
+            _pool_pid = os.getpid()
     # Shares of whole blocks, the caller's thread taking the first.
     blocks = -(-rows // BLOCK_PIXELS)
     bounds = [min(rows, (blocks * i // threads) * BLOCK_PIXELS) for i in range(threads + 1)]
