@@ -9,3 +9,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The library logs through `logging`; let Prefect show those lines in the run logs and the UI.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alexnet")
+
+import logging  # noqa: E402
+
+# INFO from the library (epoch summaries, resumes) belongs in flow run logs; root stays at WARNING.
+logging.getLogger("alexnet").setLevel(logging.INFO)

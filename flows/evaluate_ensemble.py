@@ -69,13 +69,13 @@ def _example(params: Params, views: int = 0) -> torch.Tensor:
 
 @flow(name="evaluate-ensemble")
 def evaluate_ensemble(
-    params_path: str = "params.yaml",
-    prepared: str = "data/prepared",
-    shards: str = "data/shards",
-    models: str = "models",
-    reports: str = "reports",
-    metrics_path: str = "reports/metrics.json",
-    tracking_state: str = "models/tracking.json",
+    params_path: str,
+    prepared: str,
+    shards: str,
+    models: str,
+    reports: str,
+    metrics_path: str,
+    tracking_state: str,
 ) -> dict:
     """Top-1/top-5 error of every member and of the ensemble, centre crop and ten patches."""
     logger = get_run_logger()

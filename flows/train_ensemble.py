@@ -45,13 +45,13 @@ def train_member_task(index: int, params: Params, paths: dict[str, str], tracker
 
 @flow(name="train-ensemble")
 def train_ensemble(
-    params_path: str = "params.yaml",
-    prepared: str = "data/prepared",
-    shards: str = "data/shards",
-    models: str = "models",
-    history: str = "reports/train",
-    checkpoints: str = "checkpoints",
-    tracking_state: str = "models/tracking.json",
+    params_path: str,
+    prepared: str,
+    shards: str,
+    models: str,
+    history: str,
+    checkpoints: str,
+    tracking_state: str,
 ) -> list[dict]:
     """Train `ensemble.members` networks that differ only in seed; log them to MLflow."""
     logger = get_run_logger()

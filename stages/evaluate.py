@@ -1,27 +1,40 @@
-"""DVC stage `evaluate`: top-1/top-5 of members and ensemble, through the Prefect flow."""
+"""Stage evaluate: top-1/top-5 of every member and of the ensemble, through the Prefect flow.
+
+    python -m stages.evaluate --params params.yaml --prepared data/prepared --shards data/shards \
+        --models models --reports reports/eval --metrics reports/metrics.json --tracking-state models/tracking.json
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from flows.evaluate_ensemble import evaluate_ensemble
+from alexnet.config import load_params
+from alexnet.shards import ShardsError
+from alexnet.tracking import TrackingUnavailable
+from stages import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepared", required=True)
-    ap.add_argument("--shards", required=True)
-    ap.add_argument("--models", required=True)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    ap.add_argument("--prepared", required=True, help="the prepare stage's output (classes.csv)")
+    ap.add_argument("--shards", required=True, help="the preprocess stage's output")
+    ap.add_argument("--models", required=True, help="the train stage's output")
     ap.add_argument("--reports", required=True, help="output folder: predictions, confusion matrix, plots")
-    ap.add_argument("--metrics", required=True, help="output: DVC metrics file")
-    ap.add_argument("--tracking-state", required=True)
+    ap.add_argument("--metrics", required=True, help="output: the DVC metrics file")
+    ap.add_argument("--tracking-state", required=True, help="the train stage's MLflow run ids")
     args = ap.parse_args(argv)
-    evaluate_ensemble(
-        params_path=args.params, prepared=args.prepared, shards=args.shards, models=args.models,
-        reports=args.reports, metrics_path=args.metrics, tracking_state=args.tracking_state,
-    )
+
+    def work() -> None:
+        load_params(args.params)  # bad params fail here, before Prefect's server starts
+        from flows.evaluate_ensemble import evaluate_ensemble
+
+        evaluate_ensemble(params_path=args.params, prepared=args.prepared, shards=args.shards, models=args.models,
+                          reports=args.reports, metrics_path=args.metrics, tracking_state=args.tracking_state)
+
+    return run_stage("evaluate", work, (ShardsError, TrackingUnavailable))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from alexnet.config import ParamsError, load_params
+from alexnet.config import load_params
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardsError
+from stages import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,15 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepared", required=True, help="the prepare stage's output folder")
     parser.add_argument("--out", required=True, help="output folder (shards, manifest.json, mean.npy, pca.json)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+
+    def work() -> None:
         p = load_params(args.params).preprocess
         preprocess(args.prepared, args.out, stored_size=p.stored_size, fmt=p.format,
                    jpeg_quality=p.jpeg_quality, shard_size=p.shard_size, workers=p.workers)
-    except (ParamsError, ShardsError, FileNotFoundError, ValueError) as err:
-        print(f"preprocess: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage("preprocess", work, (ShardsError,))
 
 
 if __name__ == "__main__":

@@ -92,3 +92,16 @@ def test_reader_refuses_missing_manifest_and_changed_shards(built, tmp_path):
         ShardSet(out, "val")
     with pytest.raises(ShardsError):
         data_version(out)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from alexnet.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.txt", "ok")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.txt").stat().st_mode & 0o777 == 0o644
