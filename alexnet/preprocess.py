@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -163,12 +163,15 @@ def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str,
         else:
             ctx = get_context("fork")
             counter = ctx.Value("q", 0)
-            with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(counter,)) as pool:
-                pending = {i: pool.apply_async(build_shard, (tasks[i],)) for i in order}
+            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
+                                     initargs=(counter,)) as pool:
+                pending = {pool.submit(build_shard, tasks[i]): i for i in order}
                 while pending:
-                    time.sleep(0.2)
-                    for i in [i for i, r in pending.items() if r.ready()]:
-                        results[i] = pending.pop(i).get()  # re-raises a worker's error here
+                    # Wakes as soon as a shard is done (no polling delay at the end), or every
+                    # 0.2 s to move the progress bar along with the workers' shared counter.
+                    done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        results[pending.pop(future)] = future.result()  # re-raises a worker's error here
                     bar.update(counter.value - bar.n)
             bar.update(total - bar.n)
     return [r for r in results if r is not None]
