@@ -7,6 +7,7 @@ Unknown keys, wrong types and impossible values fail before any work, naming the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,16 +208,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
+def flatten_mapping(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: dotted keys for MLflow params and metrics."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_mapping(value, name))
+        else:
+            out[name] = value
+    return out
+
+
 def flatten(params: Params) -> dict[str, Any]:
     """Params as {"train.lr": 0.01, ...}: for MLflow and metrics files."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = value
-
-    walk("", params.model_dump(mode="json"))
-    return out
+    return flatten_mapping(params.model_dump(mode="json"))

@@ -45,6 +45,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from alexnet.config import flatten_mapping
+
 log = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -155,16 +157,10 @@ def provenance_tags(*, git_commit: str, data_version: str | None, dataset: str,
     }
 
 
-def flatten_metrics(nested: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_metrics(nested: Mapping[str, Any]) -> dict[str, float]:
     """{"ensemble": {"center": {"top1_err": 0.3}}} -> {"ensemble.center.top1_err": 0.3}; numbers only."""
-    out: dict[str, float] = {}
-    for key, value in nested.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten_metrics(value, name))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
+    return {name: float(value) for name, value in flatten_mapping(nested).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
 def _param_value(value: Any) -> str:
@@ -172,15 +168,8 @@ def _param_value(value: Any) -> str:
     return text[:6000]  # MLflow's limit on a param value
 
 
-def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(_flatten_params(value, name))
-        else:
-            out[name] = _param_value(value)
-    return out
+def _flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    return {name: _param_value(value) for name, value in flatten_mapping(params).items()}
 
 
 class SoftmaxAverage(nn.Module):

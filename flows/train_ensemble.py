@@ -16,7 +16,7 @@ from alexnet.config import Params, flatten, load_params
 from alexnet.member import member_name, train_member
 from alexnet.provenance import dvc_lock_version, git_commit
 from alexnet.shards import data_version
-from alexnet.tracking import Tracker, check_tracking, resolve_tracking_uri
+from alexnet.tracking import Tracker, check_tracking, provenance_tags, resolve_tracking_uri
 from flows.waves import run_in_waves
 
 
@@ -80,11 +80,12 @@ def _start_tracking(params: Params, root: Path, shards: str) -> tuple[Tracker, s
     check_tracking(uri)  # fail fast, before any training, if the server is down
     tracker = Tracker(uri, params.tracking.experiment, artifact_root=root / "mlartifacts")
     tags = {
-        "git_commit": git_commit(root),
-        "data_version": data_version(Path(shards)),
+        **provenance_tags(
+            git_commit=git_commit(root), data_version=data_version(Path(shards)),
+            dataset=params.data.source if params.data.root is None else f"{params.data.source}:{params.data.root}",
+            devices=params.model.devices,
+        ),
         "dvc_data_version": dvc_lock_version("preprocess", root / "dvc.lock") or "unknown",
-        "dataset": params.data.source if params.data.root is None else f"{params.data.source}:{params.data.root}",
-        "devices": ",".join(params.model.devices),
         "members": str(params.ensemble.members),
     }
     parent = tracker.start_parent(f"ensemble-{params.ensemble.members}", params=flatten(params), tags=tags)
