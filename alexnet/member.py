@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -216,7 +215,3 @@ def _fault_for(index: int, checkpoint: Path) -> Callable[[int], None]:
             raise InjectedFault(f"{FAULT_ENV}: member {index} fails once after epoch {epoch}")
 
     return fire
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
