@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from alexnet.metrics import topk_err, topk_errs
+from alexnet.metrics import mean_softmax, topk_err, topk_errs
 from alexnet.model import autocast
 from alexnet.optim import PlateauSchedule, make_optimizer, set_lr
 
@@ -116,7 +116,7 @@ def predict(
         flat, labels = _to((flat, labels), device)
         with autocast(device, precision):
             logits = model(flat)
-        p = logits.float().softmax(dim=1).reshape(labels.shape[0], views, -1).mean(dim=1)
+        p = mean_softmax(logits.reshape(labels.shape[0], views, -1), dim=1)  # (N, C)
         probs.append(p.cpu())
         labels_all.append(labels.cpu())
     return torch.cat(probs), torch.cat(labels_all)
