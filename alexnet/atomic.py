@@ -12,11 +12,14 @@ from typing import IO, Any
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
     The temporary name starts with '.tmp-' so nothing that lists finished files picks it up.
     On any exception the temporary file is removed and `path` is left as it was.
+    The rename alone protects against a killed process. durable=False skips the two fsyncs
+    that protect against a power cut: only for files whose sha256 is recorded in a durable
+    file written after them (a shard ledger), so a torn file is caught and rebuilt on rerun.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,10 +30,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -51,14 +56,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], durable: bool = True) -> None:
     """Call write(f) on a binary file that replaces `path` atomically when write returns."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, durable) as tmp, open(tmp, "wb") as f:
         write(f)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(data), durable)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

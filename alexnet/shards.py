@@ -61,7 +61,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_images(path: str | Path, fmt: str, images: Iterable[np.ndarray], count: int, size: int,
-                 jpeg_quality: int = 90) -> dict[str, Any]:
+                 jpeg_quality: int = 90, durable: bool = True) -> dict[str, Any]:
     """Write `count` uint8 (S, S, 3) images to one shard file, atomically; return its record.
 
     raw streams each image to disk as it comes (nothing held in memory); jpeg holds only the
@@ -69,7 +69,7 @@ def write_images(path: str | Path, fmt: str, images: Iterable[np.ndarray], count
     """
     h = hashlib.sha256()
     written = 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, durable) as tmp, open(tmp, "wb") as f:
         if fmt == "raw":
             header = io.BytesIO()
             np.lib.format.write_array_header_1_0(
@@ -107,11 +107,11 @@ def _check_image(image: np.ndarray, size: int) -> None:
         raise ValueError(f"expected a contiguous uint8 ({size}, {size}, 3) image, got {image.dtype} {image.shape}")
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> dict[str, Any]:
+def write_labels(path: str | Path, labels: np.ndarray, durable: bool = True) -> dict[str, Any]:
     buf = io.BytesIO()
     np.save(buf, np.asarray(labels, dtype=np.int64))
     data = buf.getvalue()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable) as tmp:
         Path(tmp).write_bytes(data)
     return {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 

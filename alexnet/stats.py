@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,42 @@ import numpy as np
 from alexnet.atomic import atomic_write, atomic_write_json
 
 MEAN_FILE, PCA_FILE = "mean.npy", "pca.json"
+
+# The six distinct entries of the symmetric 3x3 sum of x x^T.
+_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+# Pixels per uint32 partial sum: 66,051 * 255^2 < 2^32, so no chunk can overflow.
+_CHUNK = 65536
+
+
+def rgb_outer_sum(image: np.ndarray) -> np.ndarray:
+    """The exact sum over the pixels of a uint8 (..., 3) image of x x^T, as int64 (3, 3).
+
+    In integers all the way: a product of two uint8 values fits uint16 (255^2 = 65,025) and a
+    chunk of 65,536 of them fits uint32. This is ~2.5x faster than a float64 matmul, which
+    needs the whole image converted to float64 first (the preprocess stage's hot loop).
+    """
+    pixels = image.reshape(-1, 3)
+    out = np.zeros((3, 3), np.int64)
+    planes_buf, product_buf = _scratch_buffers()
+    for a in range(0, len(pixels), _CHUNK):
+        chunk = pixels[a:a + _CHUNK]
+        planes, product = planes_buf[:, :len(chunk)], product_buf[:len(chunk)]
+        planes[...] = chunk.T  # channel-planar: contiguous rows to multiply
+        for i, j in _PAIRS:
+            np.multiply(planes[i], planes[j], out=product)
+            out[i, j] += int(product.sum(dtype=np.uint32))
+    return np.triu(out) + np.triu(out, 1).T
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffers() -> tuple[np.ndarray, np.ndarray]:
+    # Reused, not allocated per image: in the preprocess loop, between PIL's allocations, fresh
+    # 400 KB arrays come from mmap and page-fault on first touch, which cost more than the maths.
+    if not hasattr(_scratch, "buffers"):
+        _scratch.buffers = (np.empty((3, _CHUNK), np.uint16), np.empty(_CHUNK, np.uint16))
+    return _scratch.buffers
 
 
 @dataclass
@@ -39,9 +76,7 @@ class PixelSums:
             self.pixel_sum = self.pixel_sum.astype(np.int64)
         self.images += 1
         np.add(self.pixel_sum, image, out=self.pixel_sum)
-        x = image.reshape(-1, 3).astype(np.float64)
-        # Exact: integers <= 255^2 * S^2 (< 2^53) summed in float64 lose nothing.
-        self.rgb_outer += np.rint(x.T @ x).astype(np.int64)
+        self.rgb_outer += rgb_outer_sum(image)
 
     def __add__(self, other: PixelSums) -> PixelSums:
         return PixelSums(self.images + other.images,

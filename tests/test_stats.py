@@ -6,7 +6,7 @@ import numpy as np
 
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardSet, load_stats
-from alexnet.stats import PixelSums, finish
+from alexnet.stats import PixelSums, finish, rgb_outer_sum
 
 
 def numpy_stats(images: np.ndarray):
@@ -32,6 +32,17 @@ def test_partial_sums_equal_numpy_in_any_grouping():
     # Columns are eigenvectors (up to sign): cov v = lambda v.
     np.testing.assert_allclose(cov @ vectors, vectors * values, atol=1e-8 * values[0])
     np.testing.assert_allclose(np.abs(np.sum(vectors * ref_vectors, axis=0)), 1.0, rtol=1e-10)
+
+
+def test_rgb_outer_sum_is_exact_at_the_overflow_edges():
+    rng = np.random.default_rng(1)
+    # 300 x 300 = 90,000 pixels: more than one uint32 chunk; all-255 is the largest possible sum.
+    for image in (rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), np.full((300, 300, 3), 255, np.uint8),
+                  rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), np.zeros((1, 1, 3), np.uint8)):
+        x = image.reshape(-1, 3).astype(object)  # Python integers: no rounding, no overflow
+        expected = np.array([[int((x[:, i] * x[:, j]).sum()) for j in range(3)] for i in range(3)])
+        got = rgb_outer_sum(image)
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
 
 
 def test_stage_stats_equal_numpy_over_the_shards(tiny_prepared, tmp_path):
