@@ -20,6 +20,7 @@ mean image, mirrored when the crop is mirrored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -52,6 +53,56 @@ def random_flips(n: int, generator: torch.Generator, p: float = 0.5) -> torch.Te
     return torch.rand(n, generator=generator) < p
 
 
+def crop_flip(
+    images: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    flips: torch.Tensor,
+    crop_size: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 (N, c, c, 3): crop i of images (N, S, S, 3) at (ys[i], xs[i]), mirrored where flips[i].
+
+    Written into `out` (N, c, c, 3) uint8 if given (e.g. a shared-memory buffer).
+    """
+    n, c = images.shape[0], crop_size
+    if out is None:
+        out = torch.empty((n, c, c, 3), dtype=torch.uint8)
+    for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
+        crop = images[i, y : y + c, x : x + c]  # uint8 view (c, c, 3)
+        out[i].copy_(crop.flip(1) if f else crop)
+    return out
+
+
+def subtract_mean_windows(
+    crops: torch.Tensor,
+    mean: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    flips: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """float32 (N, c, c, 3): crops (N, c, c, 3) uint8 as `crop_flip` cut them at (ys, xs, flips),
+    minus the same window of mean (S, S, 3), mirrored alike, plus shift[i] (N, 3) at every pixel
+    if given. The conversion and the shift are one op each over the whole batch (one parallel
+    loop each); only the windows, which differ per image, are subtracted image by image.
+    """
+    n, c, s = crops.shape[0], crops.shape[1], mean.shape[0]
+    if out is None:
+        out = torch.empty((n, c, c, 3), dtype=torch.float32)
+    out.copy_(crops)  # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower
+    mean = mean.float()
+    mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
+    for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
+        out[i].sub_(mirrored_mean[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c])
+    if shift is not None:
+        # The shift as one image row (c * 3,) per image: adding rows keeps the inner loop long and
+        # vectorised; broadcasting a (3,) vector over the last dim runs ten times slower.
+        out.view(n, c, c * 3).add_(shift.float().repeat(1, c)[:, None, :])
+    return out
+
+
 def crop_flip_subtract_mean(
     images: torch.Tensor,
     mean: torch.Tensor,
@@ -62,30 +113,8 @@ def crop_flip_subtract_mean(
     shift: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """float32 (N, c, c, 3): crop i of images (N, S, S, 3) at (ys[i], xs[i]), mirrored where
-    flips[i], minus the same window of mean (S, S, 3), mirrored alike, plus shift[i] (N, 3) at
-    every pixel if given.
-
-    Written into `out` (N, c, c, 3) float32 if given (e.g. a shared-memory buffer). One image at
-    a time, so each crop is converted, mirrored and centred while it sits in cache.
-    """
-    n, c, s = images.shape[0], crop_size, images.shape[1]
-    if out is None:
-        out = torch.empty((n, c, c, 3), dtype=torch.float32)
-    mean = mean.float()
-    mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
-    # The shift as one image row (c * 3,): adding a row keeps the inner loop long and vectorised;
-    # broadcasting a (3,) vector over the last dim runs ten times slower.
-    rows = None if shift is None else shift.float().repeat(1, c)  # (N, c * 3)
-    for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
-        crop = images[i, y : y + c, x : x + c]  # uint8 view (c, c, 3)
-        if f:
-            out[i].copy_(crop.flip(1)).sub_(mirrored_mean[y : y + c, s - c - x : s - x])
-        else:
-            out[i].copy_(crop).sub_(mean[y : y + c, x : x + c])
-        if rows is not None:
-            out[i].view(c, c * 3).add_(rows[i])
-    return out
+    """`crop_flip` then `subtract_mean_windows`: float32 (N, c, c, 3) from images (N, S, S, 3)."""
+    return subtract_mean_windows(crop_flip(images, ys, xs, flips, crop_size), mean, ys, xs, flips, shift, out)
 
 
 def lighting_shift(
@@ -129,6 +158,50 @@ def _to_nchw(x: torch.Tensor, divisor: float | torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
+@dataclass(frozen=True)
+class TrainDraws:
+    """The random choices of one training batch: crop corners, mirrors, lighting shifts."""
+
+    ys: torch.Tensor  # int64 (N,)
+    xs: torch.Tensor  # int64 (N,)
+    flips: torch.Tensor  # bool (N,)
+    shift: torch.Tensor | None  # float32 (N, 3), or None without PCA lighting
+
+
+def draw_train(
+    n: int,
+    stored_size: int,
+    eigenvalues: torch.Tensor,
+    eigenvectors: torch.Tensor,
+    *,
+    crop_size: int,
+    generator: torch.Generator,
+    flip: bool = True,
+    pca_lighting: bool = True,
+    pca_std: float = 0.1,
+    pca_scale: PcaScale = "unit_range",
+) -> TrainDraws:
+    """§4.1's random choices for n images. The generator is always asked for crops, flips and
+    lighting in that order, whatever `flip`/`pca_lighting` say, so switching one augmentation
+    off leaves the others' draws unchanged."""
+    ys, xs = random_crop_offsets(n, stored_size, crop_size, generator)
+    flips = random_flips(n, generator)
+    shift = lighting_shift(n, eigenvalues, eigenvectors, pca_std, generator, pca_scale)
+    return TrainDraws(ys, xs, flips if flip else torch.zeros_like(flips), shift if pca_lighting else None)
+
+
+def finish_train(
+    crops: torch.Tensor,
+    mean: torch.Tensor,
+    draws: TrainDraws,
+    divisor: float | torch.Tensor = 1.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 crops (N, c, c, 3) cut by `crop_flip` with `draws` -> the float32 (N, 3, c, c) input."""
+    x = subtract_mean_windows(crops, mean, draws.ys, draws.xs, draws.flips, draws.shift, out)
+    return _to_nchw(x, divisor)
+
+
 def train_augment(
     images: torch.Tensor,
     mean: torch.Tensor,
@@ -146,22 +219,57 @@ def train_augment(
 ) -> torch.Tensor:
     """§4.1 training input: random crop, random mirror, PCA lighting, minus the mean window.
 
-    images uint8 (N, S, S, 3) -> float32 (N, 3, c, c), channels_last memory. The generator is
-    always asked for crops, flips and lighting in that order, whatever `flip`/`pca_lighting`
-    say, so switching one augmentation off leaves the others' draws unchanged.
+    images uint8 (N, S, S, 3) -> float32 (N, 3, c, c), channels_last memory: `draw_train`, then
+    `crop_flip` (uint8), then `finish_train` (float). The loader runs the first two in its
+    workers and the last in the main process, so a quarter of the bytes cross processes.
     `divisor` (a float or a (3,) per-channel tensor) divides the result; 1.0 is the paper.
     `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
     """
     _check_images(images, mean)
-    n = images.shape[0]
-    ys, xs = random_crop_offsets(n, images.shape[1], crop_size, generator)
-    flips = random_flips(n, generator)
-    shift = lighting_shift(n, eigenvalues, eigenvectors, pca_std, generator, pca_scale)
-    if not flip:
-        flips = torch.zeros_like(flips)
-    shift = shift if pca_lighting else None
-    x = crop_flip_subtract_mean(images, mean, ys, xs, flips, crop_size, shift, out)  # float32 (N, c, c, 3)
-    return _to_nchw(x, divisor)
+    draws = draw_train(images.shape[0], images.shape[1], eigenvalues, eigenvectors, crop_size=crop_size,
+                       generator=generator, flip=flip, pca_lighting=pca_lighting, pca_std=pca_std,
+                       pca_scale=pca_scale)  # fmt: skip
+    return finish_train(crop_flip(images, draws.ys, draws.xs, draws.flips, crop_size), mean, draws, divisor, out)
+
+
+def _views(stored_size: int, crop_size: int, ten: bool) -> list[tuple[int, int, bool]]:
+    if ten:
+        return ten_crop_offsets(stored_size, crop_size)
+    if not 0 < crop_size <= stored_size:
+        raise ValueError(f"crop_size={crop_size} must be in [1, stored_size={stored_size}]")
+    mid = (stored_size - crop_size) // 2
+    return [(mid, mid, False)]
+
+
+def eval_crops(images: torch.Tensor, *, crop_size: int, ten: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 test views of images (N, S, S, 3): the centre (N, c, c, 3), or ten=True the ten
+    views of TEN_CROP_VIEWS (N, 10, c, c, 3). Written into `out` if given."""
+    n, c = images.shape[0], crop_size
+    views = _views(images.shape[1], c, ten)
+    if out is None:
+        out = torch.empty((n, 10, c, c, 3) if ten else (n, c, c, 3), dtype=torch.uint8)
+    for v, (y, x, mirrored) in enumerate(views):
+        window = images[:, y : y + c, x : x + c]  # (N, c, c, 3)
+        (out[:, v] if ten else out).copy_(window.flip(2) if mirrored else window)
+    return out
+
+
+def eval_mean_windows(mean: torch.Tensor, *, crop_size: int, ten: bool) -> torch.Tensor:
+    """float32 windows of mean (S, S, 3) that `eval_crops`' views subtract: (c, c, 3) or (10, c, c, 3)."""
+    c, mean = crop_size, mean.float()
+    windows = [mean[y : y + c, x : x + c].flip(1) if m else mean[y : y + c, x : x + c]
+               for y, x, m in _views(mean.shape[0], c, ten)]  # fmt: skip
+    return torch.stack(windows) if ten else windows[0].contiguous()
+
+
+def finish_eval(crops: torch.Tensor, mean_windows: torch.Tensor, divisor: float | torch.Tensor = 1.0,
+                out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """uint8 views from `eval_crops` -> float32 (N, 3, c, c) or (N, 10, 3, c, c), mean windows subtracted."""
+    if out is None:
+        out = torch.empty(crops.shape, dtype=torch.float32)
+    # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower.
+    out.copy_(crops).sub_(mean_windows)
+    return _to_nchw(out, divisor)
 
 
 def center_crop(
@@ -177,13 +285,8 @@ def center_crop(
     `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
     """
     _check_images(images, mean)
-    n, s, c = images.shape[0], images.shape[1], crop_size
-    y = x = (s - c) // 2
-    if out is None:
-        out = torch.empty((n, c, c, 3), dtype=torch.float32)
-    # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower.
-    out.copy_(images[:, y : y + c, x : x + c]).sub_(mean[y : y + c, x : x + c].float())
-    return _to_nchw(out, divisor)
+    crops = eval_crops(images, crop_size=crop_size, ten=False)
+    return finish_eval(crops, eval_mean_windows(mean, crop_size=crop_size, ten=False), divisor, out)
 
 
 def ten_crop_offsets(stored_size: int, crop_size: int) -> list[tuple[int, int, bool]]:
@@ -210,16 +313,8 @@ def ten_crop(
     `out`: an optional float32 (N, 10, c, c, 3) buffer to write into (the result is a view of it).
     """
     _check_images(images, mean)
-    c = crop_size
-    mean = mean.float()
-    if out is None:
-        out = torch.empty((images.shape[0], 10, c, c, 3), dtype=torch.float32)
-    for v, (y, x, mirrored) in enumerate(ten_crop_offsets(images.shape[1], c)):
-        window, mean_window = images[:, y : y + c, x : x + c], mean[y : y + c, x : x + c]  # (N, c, c, 3)
-        if mirrored:
-            window, mean_window = window.flip(2), mean_window.flip(1)
-        out[:, v].copy_(window).sub_(mean_window)
-    return _to_nchw(out, divisor)
+    crops = eval_crops(images, crop_size=crop_size, ten=True)
+    return finish_eval(crops, eval_mean_windows(mean, crop_size=crop_size, ten=True), divisor, out)
 
 
 def _check_images(images: torch.Tensor, mean: torch.Tensor) -> None:

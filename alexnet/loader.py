@@ -8,8 +8,10 @@ its augmentation. So batches do not depend on the number of workers or on their 
 and a run resumed at epoch e, batch b sees exactly the batches it would have seen.
 
 Workers: a torch DataLoader with `batch_size=None` over a sampler that yields batch keys;
-each worker reads its batch, augments it and writes the float32 result straight into shared
-memory, so the training step never waits for data. Workers are persistent across epochs (no
+each worker reads its batch, draws its augmentation, cuts and mirrors the crops in uint8 and
+writes them straight into shared memory; the main process turns them into float32, subtracts
+the mean windows and adds the lighting (`augment.finish_train`: ~5 ms a batch of 64 at c=128),
+so the training step never waits for data. Workers are persistent across epochs (no
 start-up per epoch) and run torch with one thread, leaving the cores to the model. Memory does
 not grow with the dataset: each worker holds one batch plus `prefetch` finished ones; shards
 are read through memmaps (raw) or decoded per batch (jpeg). The main process holds only the
@@ -24,7 +26,6 @@ as in the paper); evaluation keeps every image.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from alexnet.augment import PcaScale, center_crop, ten_crop, train_augment
+from alexnet.augment import (
+    PcaScale,
+    TrainDraws,
+    crop_flip,
+    draw_train,
+    eval_crops,
+    eval_mean_windows,
+    finish_eval,
+    finish_train,
+)
 from alexnet.shards import ShardSet, load_stats
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -70,57 +80,121 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+class _CropRing:
+    """Shared-memory slots that the workers write uint8 crops into, reused batch after batch.
+
+    Why not a fresh shared-memory tensor per batch (torch's way): both processes then page-fault
+    through every new segment, and in a VM that cost more than cutting the crops (~7 ms a batch
+    of 64 at c=128 on this project's 2-core VM). Slots are mapped once and stay resident.
+
+    Worker w writes its j-th batch into slot j mod K and sends only a ticket (w, slot, j, n).
+    The DataLoader dispatches a worker's next task before handing the main process the current
+    batch, and keeps at most `prefetch` of a worker's batches dispatched but not handed over;
+    the main process copies a batch out (`finish`) before it asks for the next. So K =
+    prefetch + 1 slots never overwrite a batch that is being read. A stamp per slot checks it:
+    a slot rewritten while it was read raises instead of handing over a corrupt batch.
+    """
+
+    def __init__(self, workers: int, prefetch: int, shape: tuple[int, ...]) -> None:
+        self.slots = torch.zeros((workers, prefetch + 1, *shape), dtype=torch.uint8).share_memory_()
+        self.stamps = torch.full((workers, prefetch + 1), -1, dtype=torch.int64).share_memory_()
+        self.written = 0  # batches this process has written (each worker counts its own)
+
+    def take(self, n: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """In a worker: the slot for its next batch of n images, and the ticket to send."""
+        info = get_worker_info()
+        assert info is not None, "slots are written by loader workers only"
+        w, j = info.id, self.written
+        k = j % self.stamps.shape[1]
+        self.written += 1
+        self.stamps[w, k] = -1  # being written
+        return self.slots[w, k, :n], (w, k, j, n)
+
+    def seal(self, ticket: tuple[int, int, int, int]) -> None:
+        w, k, j, _ = ticket
+        self.stamps[w, k] = j
+
+    def view(self, ticket: tuple[int, int, int, int]) -> torch.Tensor:
+        w, k, _, n = ticket
+        return self.slots[w, k, :n]
+
+    def check(self, ticket: tuple[int, int, int, int]) -> None:
+        """After reading a slot: it must still hold the batch the ticket names."""
+        w, k, j, _ = ticket
+        if int(self.stamps[w, k]) != j:
+            raise RuntimeError(f"loader worker {w} rewrote slot {k} while batch {j} was read from it; "
+                               "the DataLoader prefetched further ahead than the slots allow")  # fmt: skip
+
+
 class _ShardBatches(Dataset):
-    """Map-style dataset whose items are whole batches: key (epoch, batch, indices) -> Batch."""
+    """Map-style dataset whose items are whole batches: key (epoch, batch, indices) -> raw batch
+    (uint8 crops or their ring ticket, the draws the main process needs, labels)."""
 
-    def __init__(self, shards: ShardSet, make_inputs: Any) -> None:
+    def __init__(self, shards: ShardSet, inputs: Any, ring: _CropRing | None) -> None:
         # ShardSet opens its memmaps/files lazily in each process, so workers share nothing.
-        self.shards, self.make_inputs = shards, make_inputs
+        self.shards, self.inputs, self.ring = shards, inputs, ring
 
-    def __getitem__(self, key: BatchKey) -> Batch:
+    def __getitem__(self, key: BatchKey) -> tuple[Any, Any, np.ndarray]:
         epoch, batch, indices = key  # indices ascending: sequential reads in memmapped shards
         images = torch.from_numpy(self.shards.read(indices))  # uint8 (B, S, S, 3)
-        labels = torch.from_numpy(self.shards.labels[indices].astype(np.int64))
-        return self.make_inputs(images, epoch, batch), labels
-
-
-def _output_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    # In a worker, write the batch straight into shared memory: the DataLoader would otherwise
-    # copy it there to hand it to the main process (as default_collate avoids the same copy).
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+        # numpy, not torch: small tensors would each cross to the main process as a shared-memory file.
+        labels = self.shards.labels[indices].astype(np.int64)
+        if self.ring is None:
+            return *self.inputs.cut(images, epoch, batch, None), labels
+        out, ticket = self.ring.take(len(indices))
+        _, extras = self.inputs.cut(images, epoch, batch, out)
+        self.ring.seal(ticket)
+        return ticket, extras, labels
 
 
 class _TrainInputs:
-    """Picklable callable: uint8 batch -> augmented float32 batch, seeded by the batch key."""
+    """Picklable. Worker side, `cut`: draws seeded by the batch key, uint8 crops and mirrors.
+    Main-process side, `finish`: float32, minus the mean windows, plus the lighting shift.
+
+    Why split there: a float32 batch is 4x the bytes of its uint8 crops. The finish costs the
+    main process ~4 ms a batch of 64 at c=128; the training step takes ~1 s.
+    """
 
     def __init__(self, seed: int, stats: tuple[torch.Tensor, ...], divisor: Any, **augment: Any) -> None:
-        self.seed, self.stats, self.divisor, self.augment = seed, stats, divisor, augment
+        self.seed, self.divisor, self.augment = seed, divisor, augment
+        self.mean, self.eigenvalues, self.eigenvectors = stats
 
-    def __call__(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        mean, eigenvalues, eigenvectors = self.stats
+    @property
+    def crop_size(self) -> int:
+        return self.augment["crop_size"]
+
+    def crops_shape(self, batch_size: int) -> tuple[int, ...]:
+        return batch_size, self.crop_size, self.crop_size, 3
+
+    def cut(self, images: torch.Tensor, epoch: int, batch: int,
+            out: torch.Tensor | None) -> tuple[torch.Tensor, tuple[np.ndarray | None, ...]]:  # fmt: skip
         generator = batch_generator(self.seed, epoch, batch)
-        c = self.augment["crop_size"]
-        out = _output_buffer((images.shape[0], c, c, 3))
-        return train_augment(
-            images, mean, eigenvalues, eigenvectors, generator=generator, divisor=self.divisor, out=out,
-            **self.augment,
-        )  # fmt: skip
+        draws = draw_train(images.shape[0], images.shape[1], self.eigenvalues, self.eigenvectors,
+                           generator=generator, **self.augment)  # fmt: skip
+        crops = crop_flip(images, draws.ys, draws.xs, draws.flips, self.augment["crop_size"], out=out)
+        return crops, tuple(None if t is None else t.numpy() for t in (draws.ys, draws.xs, draws.flips, draws.shift))
+
+    def finish(self, crops: torch.Tensor, draws: tuple[np.ndarray | None, ...]) -> torch.Tensor:
+        return finish_train(crops, self.mean, TrainDraws(*(None if a is None else torch.from_numpy(a) for a in draws)),
+                            self.divisor)  # fmt: skip
 
 
 class _EvalInputs:
-    def __init__(self, mean: torch.Tensor, crop_size: int, ten_crop: bool, divisor: Any) -> None:
-        self.mean, self.crop_size, self.ten_crop, self.divisor = mean, crop_size, ten_crop, divisor
+    """Worker side: the uint8 centre or ten views; main-process side: float32 minus the mean windows."""
 
-    def __call__(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        n, c = images.shape[0], self.crop_size
-        if self.ten_crop:
-            out = _output_buffer((n, 10, c, c, 3))
-            return ten_crop(images, self.mean, crop_size=c, divisor=self.divisor, out=out)
-        out = _output_buffer((n, c, c, 3))
-        return center_crop(images, self.mean, crop_size=c, divisor=self.divisor, out=out)
+    def __init__(self, mean: torch.Tensor, crop_size: int, ten_crop: bool, divisor: Any) -> None:
+        self.crop_size, self.ten_crop, self.divisor = crop_size, ten_crop, divisor
+        self.mean_windows = eval_mean_windows(mean, crop_size=crop_size, ten=ten_crop)
+
+    def crops_shape(self, batch_size: int) -> tuple[int, ...]:
+        c = self.crop_size
+        return (batch_size, 10, c, c, 3) if self.ten_crop else (batch_size, c, c, 3)
+
+    def cut(self, images: torch.Tensor, epoch: int, batch: int, out: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        return eval_crops(images, crop_size=self.crop_size, ten=self.ten_crop, out=out), None
+
+    def finish(self, crops: torch.Tensor, extras: None) -> torch.Tensor:
+        return finish_eval(crops, self.mean_windows, self.divisor)
 
 
 class _Keys(Sampler):
@@ -137,16 +211,21 @@ class _Keys(Sampler):
 
 
 class _Loader:
-    def __init__(self, shards_dir: str | Path, split: str, make_inputs: Any, workers: int, prefetch: int,
-                 pin_memory: bool) -> None:  # fmt: skip
+    def __init__(self, shards_dir: str | Path, split: str, inputs: Any, workers: int, prefetch: int,
+                 pin_memory: bool, batch_size: int) -> None:  # fmt: skip
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.shards_dir = Path(shards_dir)
         shards = ShardSet(self.shards_dir, split)
         self.num_images, self.stored_size = len(shards), shards.stored_size
+        _check_crop(inputs.crop_size, self.stored_size)  # before the slots are sized by it
         self._keys = _Keys()
+        self._ring = _CropRing(workers, prefetch, inputs.crops_shape(batch_size)) if workers > 0 else None
+        self._pin_memory = pin_memory and torch.cuda.is_available()  # pinning needs CUDA
         self._loader = DataLoader(
-            _ShardBatches(shards, make_inputs),
+            _ShardBatches(shards, inputs, self._ring),
             batch_size=None,  # items are whole batches
             sampler=self._keys,
             collate_fn=_identity,
@@ -154,18 +233,29 @@ class _Loader:
             persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
             worker_init_fn=_worker_init if workers > 0 else None,
-            pin_memory=pin_memory,
             # Its own generator: iterating a DataLoader draws a base seed, and drawing it from torch's
             # global RNG would shift dropout's stream, so a resumed run would differ from an unbroken one.
             generator=torch.Generator(),
         )
+        self._inputs = inputs
 
     def _make_keys(self, epoch: int, start_batch: int) -> Sequence[BatchKey]:
         raise NotImplementedError
 
     def _pass(self, epoch: int, start_batch: int) -> Iterator[Batch]:
         self._keys.keys = self._make_keys(epoch, start_batch)  # read by iter(sampler) in iter(loader)
-        return iter(self._loader)
+        return self._finished(iter(self._loader))  # iter now, not at the first next(): the keys are set
+
+    def _finished(self, raw_batches: Iterator[tuple[Any, Any, np.ndarray]]) -> Iterator[Batch]:
+        for crops, extras, labels in raw_batches:
+            if self._ring is None:
+                images = self._inputs.finish(crops, extras)
+            else:
+                images = self._inputs.finish(self._ring.view(crops), extras)  # copies out of the slot
+                self._ring.check(crops)
+            if self._pin_memory:
+                images = images.pin_memory()
+            yield images, torch.from_numpy(labels)
 
     def close(self) -> None:
         """Stop the worker processes (also happens when the loader is garbage-collected)."""
@@ -219,8 +309,7 @@ class TrainLoader(_Loader):
             pca_lighting=pca_lighting, pca_std=pca_std, pca_scale=pca_scale,
         )  # fmt: skip
         self.batch_size, self.seed = batch_size, seed
-        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory)
-        _check_crop(crop_size, self.stored_size)
+        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory, batch_size)
         if self.num_images < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the {self.num_images} {split} images")
 
@@ -259,8 +348,7 @@ class EvalLoader(_Loader):
         mean = torch.as_tensor(load_stats(shards_dir)[0], dtype=torch.float32)
         self.batch_size = batch_size
         super().__init__(shards_dir, split, _EvalInputs(mean, crop_size, ten_crop, _divisor(divisor)), workers,
-                         prefetch, pin_memory)  # fmt: skip
-        _check_crop(crop_size, self.stored_size)
+                         prefetch, pin_memory, batch_size)  # fmt: skip
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)  # the last batch may be smaller

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw", help="shard format")
     p.add_argument("--steps", type=int, default=6, help="timed batches per window")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 only where the CPU has it natively (AVX-512 BF16 / AMX): emulated, it is ~20x slower")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the main process")
     p.add_argument("--skip-train", action="store_true", help="loader-only comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 images, batch 32, 2 steps, 1 repeat")
