@@ -6,10 +6,11 @@ Data: full-resolution ImageNet photos in `<wnid>/*.JPEG`, treated as a train spl
 `folder` source on a tree whose train/ links there). Baseline: torchvision ImageFolder with PIL
 Resize(256) + CenterCrop(256), one process, each image converted to a uint8 array. The stage:
 alexnet.preprocess.preprocess at stored_size 256 (raw shards of --shard-size images, 100 by
-default; mean and PCA included), from an empty output folder each time. Every measurement runs in a fresh child process; time
-is measured inside it (no interpreter start-up). Peak memory is the summed RSS of the child and
-its workers, sampled every 10 ms, in separate runs: the sampler takes CPU from the workers on a
-2-core machine, so timed runs are not sampled. 4x = the same images listed 4 times in the index.
+default; mean and PCA included), from an empty output folder each time. Every measurement runs
+in a fresh child process; time is measured inside it (no interpreter start-up). Peak memory is
+the summed RSS of the child and its workers, sampled every 10 ms, in separate runs: the sampler
+takes CPU from the workers on a 2-core machine, so timed runs are not sampled. 4x = the same
+images listed 4 times in the index.
 Prints a table, then one JSON object as the last line.
 """
 

@@ -107,6 +107,24 @@ def test_breaking_off_an_epoch_leaves_the_next_one_intact(shards_dir):
     assert_same(after, collect(train_batches(shards_dir, epoch=5, workers=0, **OPTIONS)))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_buffers_are_reused_only_when_nobody_holds_them(shards_dir, workers):
+    with TrainLoader(shards_dir, workers=workers, **OPTIONS) as loader:
+        want = collect(loader.epoch(0))  # clones
+        pool = loader._outputs
+        kept = list(loader.epoch(0))  # the batches themselves, all held at once
+        assert_same(kept, want)  # none was overwritten by a later batch
+        assert len({x.untyped_storage().data_ptr() for x, _ in kept}) == len(kept)
+        sliced = [x[:2] for x, _ in loader.epoch(0)]  # a view keeps its batch alive too
+        assert_same([(s, s) for s in sliced], [(x[:2], x[:2]) for x, _ in want])
+        del kept, sliced
+        # Dropped as the loop moves on: two buffers take turns (the reason for the pool).
+        before = pool.allocated
+        for (x, y), (wx, wy) in zip(loader.epoch(0), want, strict=True):
+            assert torch.equal(x, wx) and torch.equal(y, wy)
+        assert pool.allocated - before <= 2
+
+
 def test_eval_keeps_every_image_in_order(shards_dir):
     val = ShardSet(shards_dir, "val")
     assert len(val) == 25
