@@ -151,3 +151,19 @@ def test_bad_options_are_rejected(shards_dir):
         TrainLoader(shards_dir, batch_size=1000, crop_size=CROP, seed=0, workers=0)
     with TrainLoader(shards_dir, workers=0, **OPTIONS) as loader, pytest.raises(ValueError, match="start_batch"):
         loader.epoch(0, start_batch=len(loader) + 1)
+
+
+def test_a_slot_rewritten_while_read_is_refused():
+    from alexnet.loader import _CropRing
+
+    ring = _CropRing(workers=1, prefetch=2, shape=(4, 2, 2, 3))
+    ticket = (0, 1, 7, 4)  # worker 0, slot 1, its batch 7, 4 images
+    ring.seal(ticket)
+    assert ring.view(ticket).shape == (4, 2, 2, 3)
+    ring.check(ticket)  # still batch 7: fine
+    ring.stamps[0, 1] = -1  # the worker started writing its batch 10 there
+    with pytest.raises(RuntimeError, match="rewrote slot 1 while batch 7"):
+        ring.check(ticket)
+    ring.stamps[0, 1] = 10  # ... and finished it
+    with pytest.raises(RuntimeError, match="rewrote slot 1"):
+        ring.check(ticket)
