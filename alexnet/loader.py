@@ -10,7 +10,7 @@ and a run resumed at epoch e, batch b sees exactly the batches it would have see
 Workers: a torch DataLoader with `batch_size=None` over a sampler that yields batch keys;
 each worker reads its batch, draws its augmentation, cuts and mirrors the crops in uint8 and
 writes them straight into shared memory; the main process turns them into float32, subtracts
-the mean windows and adds the lighting (`augment.finish_train`: ~5 ms a batch of 64 at c=128),
+the mean windows and adds the lighting (`augment.finish_train`: ~4 ms a batch of 64 at c=128),
 so the training step never waits for data. Workers are persistent across epochs (no
 start-up per epoch) and run torch with one thread, leaving the cores to the model. Memory does
 not grow with the dataset: each worker holds one batch plus `prefetch` finished ones; shards
@@ -207,7 +207,7 @@ class _TrainInputs:
         generator = batch_generator(self.seed, epoch, batch)
         draws = draw_train(images.shape[0], images.shape[1], self.eigenvalues, self.eigenvectors,
                            generator=generator, **self.augment)  # fmt: skip
-        crops = crop_flip(images, draws.ys, draws.xs, draws.flips, self.augment["crop_size"], out=out)
+        crops = crop_flip(images, draws.ys, draws.xs, draws.flips, self.crop_size, out=out)
         return crops, tuple(None if t is None else t.numpy() for t in (draws.ys, draws.xs, draws.flips, draws.shift))
 
     def finish(self, crops: torch.Tensor, draws: tuple[np.ndarray | None, ...], out: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -91,13 +92,18 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _blocks(first: int, last: int) -> Iterator[tuple[slice, int]]:
+    """(slice, length) of each block of at most BLOCK_PIXELS pixel rows in [first, last)."""
+    for start in range(first, last, BLOCK_PIXELS):
+        stop = min(start + BLOCK_PIXELS, last)
+        yield slice(start, stop), stop - start
+
+
 def _forward_rows(xp, op, sp, rp, first, last, size, alpha, beta, k, relu):
     """Forward over pixel rows [first, last): out = a d^-beta; saves d^-beta and b / d."""
     acc = sp.dtype
     ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
-    for start in range(first, last, BLOCK_PIXELS):
-        block = slice(start, min(start + BLOCK_PIXELS, last))
-        rows = block.stop - block.start
+    for block, rows in _blocks(first, last):
         a = _activation(xp[block], relu, ws, rows)
         torch.mul(a, a, out=ws.interior(rows))
         d = ws.window_sum(rows).mul_(alpha).add_(k)
@@ -117,9 +123,7 @@ def _backward_rows(xp, gp, ip, sp, rp, first, last, size, alpha, beta, relu):
     """Backward over pixel rows [first, last): g d^-beta - 2 alpha beta a * window_sum(g b / d)."""
     acc = sp.dtype
     ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
-    for start in range(first, last, BLOCK_PIXELS):
-        block = slice(start, min(start + BLOCK_PIXELS, last))
-        rows = block.stop - block.start
+    for block, rows in _blocks(first, last):
         g = gp[block]
         torch.mul(g, rp[block], out=ws.interior(rows))  # g b / d
         window = ws.window_sum(rows)
