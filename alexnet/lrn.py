@@ -18,8 +18,10 @@ gradients go through memory. The backward is analytic:
 The window is symmetric, so the last sum is the same window sum applied to g * b / d.
 The forward saves d^-beta and b/d (float32); the backward is then a few in-cache
 operations per block. Blocks are shared out over torch's intra-op threads as whole runs
-(one thread each), not parallelised op by op: see _run_rows. Non-CPU tensors take the
-nn.functional.local_response_norm path (same formula).
+(one thread each), not parallelised op by op: see _run_rows. Non-CPU tensors take
+windowed_local_response_norm: the same formula in plain tensor ops that a GPU runs well,
+with autograd's backward (deterministic, unlike nn.LocalResponseNorm's avg_pool3d, whose
+CUDA backward refuses torch.use_deterministic_algorithms).
 
 `groups` normalises each contiguous block of channels on its own (one tower's kernels,
 §3.2: the window never crosses from one tower's channels into the other's). Sums
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -219,9 +222,61 @@ def local_response_norm(
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
     if size % 2 != 1:
         raise ValueError(f"size must be odd (a window centred on each channel), got {size}")
+    if x.device.type == "cuda":
+        return _gpu_local_response_norm(x, size, alpha, beta, k, groups, relu)
     if x.device.type != "cpu":
-        return reference_local_response_norm(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
+        return windowed_local_response_norm(x, size, alpha, beta, k, groups, relu)
     return _LRNFunction.apply(x, size, alpha, beta, k, groups, relu)
+
+
+# On a GPU the layer is memory-bound: run eagerly, each of its ~12 elementwise ops reads and
+# writes the whole activation, and the paper model's training step halves (5,983 vs 12,028
+# img/s on an H100, batch 128, 224, TF32). torch.compile fuses the windowed formula into a few
+# kernels, forward and backward. Set ALEXNET_LRN_COMPILE=0 to run it eagerly.
+COMPILE_GPU = os.environ.get("ALEXNET_LRN_COMPILE", "1") != "0"
+_compiled = None
+
+
+def _gpu_local_response_norm(x, size, alpha, beta, k, groups, relu):
+    global _compiled, COMPILE_GPU
+    if COMPILE_GPU:
+        if _compiled is None:
+            _compiled = torch.compile(windowed_local_response_norm, fullgraph=True)
+        try:
+            return _compiled(x, size, alpha, beta, k, groups, relu)
+        except Exception as err:  # no Triton, an unsupported GPU: same numbers, eagerly
+            warnings.warn(f"compiled GPU LRN unavailable, running it eagerly ({type(err).__name__}: {err})",
+                          stacklevel=2)
+            COMPILE_GPU = False
+    return windowed_local_response_norm(x, size, alpha, beta, k, groups, relu)
+
+
+def windowed_local_response_norm(
+    x: torch.Tensor,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    groups: int = 1,
+    relu: bool = False,
+) -> torch.Tensor:
+    """The same layer as `size` shifted adds of the squared activations (the GPU path).
+
+    Sums in float32 under autocast (bf16 input), output in the input's dtype. Backward is
+    autograd's: slices and zero padding, which are deterministic on CUDA.
+    """
+    a = torch.relu(x) if relu else x
+    acc = a.to(_accumulation_dtype(a.dtype))
+    n, c, h, w = a.shape
+    per_group, half = c // groups, size // 2
+    # (N, groups, C/groups, H, W), zero-padded by `half` channels on each side of every group:
+    # the clipped window, never crossing from one tower's channels into the other's.
+    squares = nn.functional.pad((acc * acc).view(n, groups, per_group, h, w), (0, 0, 0, 0, half, half))
+    window = squares[:, :, :per_group]
+    for j in range(1, size):
+        window = window + squares[:, :, j : j + per_group]
+    d = window.reshape(n, c, h, w).mul(alpha).add(k)
+    return (acc * d.pow(-beta)).to(x.dtype)
 
 
 def reference_local_response_norm(

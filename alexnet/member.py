@@ -117,14 +117,15 @@ def train_member(
         "git_commit": git_commit(),
     }
     tr = params.train
+    pin = torch.device(device).type == "cuda"  # page-locked batches: the copy to the GPU runs async
     train_data = loaders.TrainLoader(
         shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=tr.workers,
         flip=tr.augment.flip, pca_lighting=tr.augment.pca_lighting, pca_std=tr.augment.pca_std,
-        pca_scale=tr.augment.pca_scale, divisor=params.model.input_scale,
+        pca_scale=tr.augment.pca_scale, divisor=params.model.input_scale, pin_memory=pin,
     )
     val_data = loaders.EvalLoader(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
-        ten_crop=False, workers=tr.workers, divisor=params.model.input_scale,
+        ten_crop=False, workers=tr.workers, divisor=params.model.input_scale, pin_memory=pin,
     )
     fault = _fault_for(index, paths.checkpoint)
 
@@ -187,6 +188,7 @@ def predict_member(
         data = loaders.EvalLoader(
             shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
             ten_crop=ten, workers=params.train.workers, divisor=params.model.input_scale,
+            pin_memory=torch.device(device).type == "cuda",
         )
         with data:
             probs, labels = predict(model, data, device=device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,6 +44,10 @@ def resolve_precision(precision: str, device: str) -> str:
 def configure_determinism(deterministic: bool, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+    if deterministic:
+        # cuBLAS refuses deterministic mode unless its workspace is fixed before its first call
+        # (https://docs.nvidia.com/cuda/cublas/#results-reproducibility); a user's setting wins.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # warn_only=False: an op with no deterministic kernel fails loudly instead of drifting.
     torch.use_deterministic_algorithms(deterministic)
     if torch.cuda.is_available():

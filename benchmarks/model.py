@@ -2,6 +2,7 @@
 
     python benchmarks/model.py                      # batch 128, 224x224, 1,000 classes
     python benchmarks/model.py --batch 32 --repeats 2 --only paper_fast,paper_no_lrn
+    python benchmarks/model.py --device cuda --repeats 5 --steps 10 --warmup 3   # on a GPU
 
 One training step = forward, cross-entropy, backward, SGD step (momentum 0.9, weight decay).
 Variants are measured round-robin (each round times every variant once), so load from
@@ -10,6 +11,9 @@ and each ratio the median over rounds of the ratio within a round. Wall time is 
 process CPU time is reported too, as it moves less with other processes' load.
 Achieved GFLOP/s count the forward's convolution and matmul FLOPs (FlopCounterMode) times 3
 for a training step, against a large matrix product measured in the same run (the ceiling).
+On a GPU every step ends with a synchronize; `paper_two_devices` is the two-tower placement
+on [dev, dev] (the §3.2 split with its cross-device copies, on one card), and the LRN of the
+"fast" variants is the GPU path (windowed sums; see alexnet/lrn.py).
 The last line is one JSON object with the ratios and throughputs.
 """
 
@@ -66,34 +70,39 @@ def torchvision_alexnet(num_classes: int) -> nn.Module:
     return torchvision.models.alexnet(num_classes=num_classes).to(memory_format=torch.channels_last)
 
 
-def variants(num_classes: int, crop: int) -> dict[str, tuple[Callable[[], nn.Module], str]]:
-    """name -> (model builder, precision)."""
+def variants(num_classes: int, crop: int, device: str) -> dict[str, tuple[Callable[[], nn.Module], str]]:
+    """name -> (model builder, precision); builders return the model on `device`."""
 
-    def paper(**kw):
-        return lambda: AlexNet(num_classes=num_classes, crop_size=crop, init="kaiming", **kw)
+    def paper(devices: str | list[str] = device, **kw):
+        return lambda: AlexNet(num_classes=num_classes, crop_size=crop, init="kaiming", **kw).place(devices)
+
+    def on_device(build):
+        return lambda: build().to(device)
 
     return {
         "paper_fast": (paper(), "fp32"),
+        "paper_two_devices": (paper([device, device]), "fp32"),
         "paper_torch_lrn": (paper(lrn_impl="torch"), "fp32"),
         "paper_no_lrn": (paper(lrn=False), "fp32"),
         "paper_fast_bf16": (paper(), "bf16"),
         "one_tower": (paper(towers=1), "fp32"),
-        "grouped_reference": (lambda: GroupedAlexNet(num_classes, crop), "fp32"),
+        "grouped_reference": (on_device(lambda: GroupedAlexNet(num_classes, crop)), "fp32"),
         "paper_fast_nchw": (paper(channels_last=False), "fp32"),
-        "torchvision_alexnet": (lambda: torchvision_alexnet(num_classes), "fp32"),
-        "torchvision_alexnet_bf16": (lambda: torchvision_alexnet(num_classes), "bf16"),
+        "torchvision_alexnet": (on_device(lambda: torchvision_alexnet(num_classes)), "fp32"),
+        "torchvision_alexnet_bf16": (on_device(lambda: torchvision_alexnet(num_classes)), "bf16"),
     }
 
 
-def train_flops(model: nn.Module, crop: int) -> float:
+def train_flops(model: nn.Module, crop: int, device: str) -> float:
     """FLOPs of one training step per image: 3x the forward's (backward ~ 2x forward)."""
-    with FlopCounterMode(display=False) as counter:
-        model.eval()(torch.randn(1, 3, crop, crop))
+    # Eagerly: the compiled GPU LRN is the same formula, and dynamo under a dispatch mode is not needed.
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.randn(1, 3, crop, crop, device=device))
     return 3.0 * counter.get_total_flops()
 
 
 def time_steps(
-    model: nn.Module, precision: str, batch: int, crop: int, num_classes: int, warmup: int, steps: int
+    model: nn.Module, precision: str, batch: int, crop: int, num_classes: int, warmup: int, steps: int, device: str
 ) -> tuple[float, float]:
     """Median (wall, process CPU) seconds of one training step (forward + backward + SGD step).
 
@@ -102,30 +111,40 @@ def time_steps(
     """
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch,))
+    x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    kind = torch.device(device).type
     times, cpu_times = [], []
     for i in range(warmup + steps):
+        _synchronize(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        _synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
     return statistics.median(times), statistics.median(cpu_times)
 
 
-def matmul_gflops(dtype: torch.dtype, max_n: int = 4096, seconds: float = 0.3) -> tuple[int, float]:
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, device: str, seconds: float = 0.3) -> tuple[int, float]:
     """(n, GFLOP/s) of an n x n matrix product, n doubled up to max_n while one product is quick."""
-    n = 512
+    n, max_n = 512, (8192 if torch.device(device).type == "cuda" else 4096)
     while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         a @ b
+        _synchronize(device)
         start = time.perf_counter()
         a @ b
+        _synchronize(device)
         elapsed = time.perf_counter() - start
         if n >= max_n or elapsed > seconds:
             break
@@ -134,7 +153,14 @@ def matmul_gflops(dtype: torch.dtype, max_n: int = 4096, seconds: float = 0.3) -
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _synchronize(device)
     return n, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
 
 
 def main() -> None:
@@ -147,26 +173,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--only", default=None, help="comma-separated variant names")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA fp32 in full fp32 (cuDNN defaults to TF32)")
     args = parser.parse_args()
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = variants(args.classes, args.crop)
+    table = variants(args.classes, args.crop, args.device)
     names = args.only.split(",") if args.only else list(table)
     unknown = set(names) - set(table)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {', '.join(table)}")
 
-    ceilings = {str(dt).removeprefix("torch."): matmul_gflops(dt) for dt in (torch.float32, torch.bfloat16)}
+    ceilings = {
+        str(dt).removeprefix("torch."): matmul_gflops(dt, args.device) for dt in (torch.float32, torch.bfloat16)
+    }
     native_bf16 = ceilings["bfloat16"][1] > 0.5 * ceilings["float32"][1]
     if not native_bf16 and not args.only:
-        # Without native bf16 (AVX-512 BF16 / AMX) a bf16 step is ~20x slower than fp32 and would
+        # Without native bf16 (AVX-512 BF16 / AMX, GPUs) a bf16 step is ~20x slower than fp32 and would
         # take most of the run: say so and leave those variants out unless asked for by name.
         names = [n for n in names if table[n][1] != "bf16"]
         print(
             f"bf16 matmul {ceilings['bfloat16'][1]:.1f} vs fp32 {ceilings['float32'][1]:.1f} GFLOP/s: "
             "no native bf16 on this CPU, skipping the bf16 variants (name them in --only to run them)"
         )
-    flops = {name: train_flops(table[name][0](), args.crop) for name in names}
+    flops = {name: train_flops(table[name][0](), args.crop, args.device) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     cpu_seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.repeats):
@@ -174,7 +208,9 @@ def main() -> None:
             build, precision = table[name]
             torch.manual_seed(0)
             model = build()
-            wall, cpu = time_steps(model, precision, args.batch, args.crop, args.classes, args.warmup, args.steps)
+            wall, cpu = time_steps(
+                model, precision, args.batch, args.crop, args.classes, args.warmup, args.steps, args.device
+            )
             del model
             seconds[name].append(wall)
             cpu_seconds[name].append(cpu)
@@ -188,7 +224,7 @@ def main() -> None:
     cpu_ips = {name: args.batch / statistics.median(s) for name, s in cpu_seconds.items()}
     print(
         f"\nthreads={torch.get_num_threads()} batch={args.batch} crop={args.crop} classes={args.classes} "
-        f"cpu={torch.backends.cpu.get_cpu_capability()}"
+        f"cpu={torch.backends.cpu.get_cpu_capability()} device={device_name(args.device)}"
     )
     for dt, (n, gf) in ceilings.items():
         print(f"matmul {n}x{n} {dt}: {gf:.1f} GFLOP/s")
@@ -210,6 +246,7 @@ def main() -> None:
             "bf16_vs_fp32": ("paper_fast_bf16", "paper_fast"),  # target >= 1.6 (needs native bf16)
             "two_tower_vs_grouped": ("paper_fast", "grouped_reference"),  # target >= 0.95
             "two_tower_vs_one_tower": ("paper_fast", "one_tower"),
+            "two_devices_vs_one_device": ("paper_two_devices", "paper_fast"),
             "channels_last_vs_nchw": ("paper_fast", "paper_fast_nchw"),
         }
         return {
@@ -229,6 +266,10 @@ def main() -> None:
         "crop": args.crop,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
         "native_bf16": native_bf16,
     }
     print(json.dumps(result))

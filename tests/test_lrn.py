@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.lrn import LocalResponseNorm, local_response_norm
+from alexnet.lrn import LocalResponseNorm, local_response_norm, windowed_local_response_norm
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
@@ -84,6 +84,27 @@ def test_bf16_sums_in_float32_and_keeps_dtype():
     torch.testing.assert_close(y.double(), exact, rtol=2e-2, atol=1e-2)
     y.float().sum().backward()
     assert xb.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gpu_path_is_the_same_formula(relu, groups):
+    # windowed_local_response_norm is what CUDA tensors run; here it is checked on the CPU
+    # against the formula, gradcheck, and the CPU layer's analytic gradient.
+    x = activations((2, 10, 3, 3), torch.float64, seed=4)
+    x = (x + torch.sign(x) * 0.5).requires_grad_(True)
+    expected = loop_lrn(torch.relu(x) if relu else x, groups=groups)
+    got = windowed_local_response_norm(x, groups=groups, relu=relu, **PAPER)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: windowed_local_response_norm(t, groups=groups, relu=relu, **PAPER), (x,), eps=1e-6, atol=1e-7
+    )
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    (g_windowed,) = torch.autograd.grad(got, x, grad)
+    (g_fast,) = torch.autograd.grad(local_response_norm(x, groups=groups, relu=relu, **PAPER), x, grad)
+    torch.testing.assert_close(g_windowed, g_fast, rtol=1e-10, atol=1e-12)
+    xb = x.detach().float().to(torch.bfloat16)
+    assert windowed_local_response_norm(xb, groups=groups, **PAPER).dtype == torch.bfloat16
 
 
 def test_module_impls_agree():
