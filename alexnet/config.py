@@ -61,6 +61,9 @@ class PreprocessParams(_Section):
     jpeg_quality: int = Field(90, ge=1, le=100)
     shard_size: int = Field(1024, ge=1)  # images per shard
     workers: int = Field(2, ge=1)
+    # §2's resize + centre crop: byte-equal to torchvision's Resize + CenterCrop, or the central
+    # square in exact geometry with one resample (faster; see alexnet/imageops.py).
+    resize: Literal["torchvision", "central_square"] = "torchvision"
 
 
 class ModelParams(_Section):

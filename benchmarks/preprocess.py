@@ -6,7 +6,9 @@ Data: full-resolution ImageNet photos in `<wnid>/*.JPEG`, treated as a train spl
 `folder` source on a tree whose train/ links there). Baseline: torchvision ImageFolder with PIL
 Resize(256) + CenterCrop(256), one process, each image converted to a uint8 array. The stage:
 alexnet.preprocess.preprocess at stored_size 256 (raw shards of --shard-size images, 100 by
-default; mean and PCA included), from an empty output folder each time. Every measurement runs
+default; mean and PCA included), from an empty output folder each time, in each --resize mode
+(preprocess.resize: "torchvision", the default, byte-equal to the baseline's patches; and
+"central_square", one resample of the central square). Every measurement runs
 in a fresh child process; time is measured inside it (no interpreter start-up). Peak memory is
 the summed RSS of the child and its workers, sampled every 10 ms, in separate runs: the sampler
 takes CPU from the workers on a 2-core machine, so timed runs are not sampled. 4x = the same
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,19 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 256
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its children that have exited (pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def child_baseline(images: str) -> dict:
     import numpy as np
     from torchvision import datasets, transforms
 
     ds = datasets.ImageFolder(images, transform=transforms.Compose([transforms.Resize(SIZE),
                                                                     transforms.CenterCrop(SIZE)]))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for img, _ in ds:
         np.asarray(img, dtype=np.uint8)
-    return {"images": len(ds), "seconds": time.perf_counter() - start}
+    return {"images": len(ds), "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
 
 
-def child_stage(prepared: str, out: str, workers: int, shard_size: int) -> dict:
+def child_stage(prepared: str, out: str, workers: int, shard_size: int, resize: str) -> dict:
     # Modules pandas imports on its first parquet read: start-up, untimed like torchvision above.
     import pandas.io.parquet  # noqa: F401
     import pyarrow.dataset  # noqa: F401
@@ -52,10 +61,11 @@ def child_stage(prepared: str, out: str, workers: int, shard_size: int) -> dict:
 
     from alexnet.preprocess import preprocess
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     manifest = preprocess(prepared, out, stored_size=SIZE, fmt="raw", shard_size=shard_size, workers=workers,
-                          progress=False)
-    return {"images": manifest["splits"]["train"]["count"], "seconds": time.perf_counter() - start}
+                          progress=False, resize=resize)
+    return {"images": manifest["splits"]["train"]["count"], "seconds": time.perf_counter() - start,
+            "cpu_seconds": cpu_seconds() - cpu}
 
 
 def measure(args: list[str], memory: bool = False) -> dict:
@@ -101,12 +111,14 @@ def main() -> None:
     parser.add_argument("--images", default="/work/shared/datasets/imagenet-samples-200")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=100, help="100: one shard of the 200 images per worker")
+    parser.add_argument("--resize", default="torchvision,central_square", help="comma-separated modes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    modes = args.resize.split(",")
     if args.child:
         kind, *rest = args.child
         result = (child_baseline(*rest) if kind == "baseline" else
-                  child_stage(rest[0], rest[1], int(rest[2]), int(rest[3])))
+                  child_stage(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4]))
         print(json.dumps(result))
         return
 
@@ -114,9 +126,11 @@ def main() -> None:
         work = Path(tmp)
         one, four = make_prepared(Path(args.images), work)
         children = {"baseline": ["baseline", args.images]}
-        for name, prepared, workers in (("stage 1x w1", one, 1), ("stage 1x w2", one, 2), ("stage 4x w1", four, 1),
-                                        ("stage 4x w2", four, 2)):
-            children[name] = ["stage", str(prepared), str(work / "shards"), str(workers), str(args.shard_size)]
+        for mode in modes:
+            for n, prepared in (("1x", one), ("4x", four)):
+                for workers in (1, 2):
+                    children[f"{mode} {n} w{workers}"] = ["stage", str(prepared), str(work / "shards"), str(workers),
+                                                          str(args.shard_size), mode]
         runs: dict[str, list[dict]] = {name: [] for name in children}
         peaks: dict[str, list[float]] = {name: [] for name in children}
         for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
@@ -129,26 +143,36 @@ def main() -> None:
                     else:
                         runs[name].append(result)
     med = {name: {"images": r[0]["images"], "rate": statistics.median(x["rate"] for x in r),
+                  "cpu_ms_per_image": statistics.median(1e3 * x["cpu_seconds"] / x["images"] for x in r),
                   "peak_mib": statistics.median(peaks[name])} for name, r in runs.items()}
     base = med["baseline"]["rate"]
+    # CPU time per image, all processes: what one image costs, whatever the VM's steal and noise
+    # do to wall time (the per-worker ratio by CPU time; 2 workers also pay for the pool).
+    base_cpu = med["baseline"]["cpu_ms_per_image"]
+    cpu_ratio = {name: base_cpu / m["cpu_ms_per_image"] for name, m in med.items() if name != "baseline"}
     # 1x: 200 images, where the stage's fixed cost (index, pool start, stats, manifest: ~0.1 s)
     # weighs ~10 %. 4x: the same images listed 4 times, closer to the steady state of a real
     # dataset. The baseline's own fixed cost (ImageFolder's scan, imports) is untimed.
-    per_worker = {n: {"1": med[f"stage {n} w1"]["rate"] / base, "2": med[f"stage {n} w2"]["rate"] / 2 / base}
-                  for n in ("1x", "4x")}  # fmt: skip
-    speedup = {n: med[f"stage {n} w2"]["rate"] / med[f"stage {n} w1"]["rate"] for n in ("1x", "4x")}
-    mem_growth = med["stage 4x w2"]["peak_mib"] / med["stage 1x w2"]["peak_mib"]
+    per_worker = {m: {n: {"1": med[f"{m} {n} w1"]["rate"] / base, "2": med[f"{m} {n} w2"]["rate"] / 2 / base}
+                      for n in ("1x", "4x")} for m in modes}  # fmt: skip
+    speedup = {m: {n: med[f"{m} {n} w2"]["rate"] / med[f"{m} {n} w1"]["rate"] for n in ("1x", "4x")} for m in modes}
+    mem_growth = {m: med[f"{m} 4x w2"]["peak_mib"] / med[f"{m} 1x w2"]["peak_mib"] for m in modes}
 
-    print(f"{'run':<14}{'images':>8}{'images/s':>11}{'x baseline':>12}{'peak RSS MiB':>14}")
+    width = max(len(name) for name in med) + 2
+    print(f"{'run':<{width}}{'images':>8}{'images/s':>11}{'x baseline':>12}{'CPU ms/img':>12}{'x baseline':>12}"
+          f"{'peak RSS MiB':>14}")
     for name, m in med.items():
-        print(f"{name:<14}{m['images']:>8}{m['rate']:>11.1f}{m['rate'] / base:>12.2f}{m['peak_mib']:>14.0f}")
-    for n in ("1x", "4x"):
-        print(f"{n}: per-worker ratio to baseline: 1 worker {per_worker[n]['1']:.2f}, 2 workers "
-              f"{per_worker[n]['2']:.2f} (target >= 1.0); speed-up 1 -> 2 workers {speedup[n]:.2f} (target >= 1.8)")
-    print(f"peak memory 4x / 1x images (2 workers): {mem_growth:.2f} (target: flat, ~1.0)")
+        print(f"{name:<{width}}{m['images']:>8}{m['rate']:>11.1f}{m['rate'] / base:>12.2f}"
+              f"{m['cpu_ms_per_image']:>12.2f}{base_cpu / m['cpu_ms_per_image']:>12.2f}{m['peak_mib']:>14.0f}")
+    for m in modes:
+        for n in ("1x", "4x"):
+            print(f"{m} {n}: per-worker ratio to baseline: 1 worker {per_worker[m][n]['1']:.2f}, 2 workers "
+                  f"{per_worker[m][n]['2']:.2f} (target >= 1.0); speed-up 1 -> 2 workers {speedup[m][n]:.2f} "
+                  "(target >= 1.8)")
+        print(f"{m}: peak memory 4x / 1x images (2 workers): {mem_growth[m]:.2f} (target: flat, ~1.0)")
     print(json.dumps({"benchmark": "preprocess", "images": args.images, "stored_size": SIZE,
                       "shard_size": args.shard_size, "repeats": args.repeats, "cpus": psutil.cpu_count(), "median": med,
-                      "per_worker_ratio": per_worker, "speedup_1_to_2": speedup,
+                      "per_worker_ratio": per_worker, "cpu_time_ratio": cpu_ratio, "speedup_1_to_2": speedup,
                       "peak_mem_ratio_4x_1x": mem_growth}))
 
 

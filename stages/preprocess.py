@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         p = load_params(args.params).preprocess
         preprocess(args.prepared, args.out, stored_size=p.stored_size, fmt=p.format,
-                   jpeg_quality=p.jpeg_quality, shard_size=p.shard_size, workers=p.workers)
+                   jpeg_quality=p.jpeg_quality, shard_size=p.shard_size, workers=p.workers, resize=p.resize)
 
     return run_stage("preprocess", work, (ShardsError,))
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.imageops import load_patch, resize_center_crop
+from alexnet.imageops import central_square_patch, load_patch, resize_center_crop
 
 S = 64
 
@@ -60,6 +60,35 @@ def test_patch_equals_torchvision_resize_center_crop(case):
     img = CASES[case]()
     tv = transforms.Compose([transforms.Resize(S), transforms.CenterCrop(S)])
     np.testing.assert_array_equal(np.asarray(resize_center_crop(img, S)), np.asarray(tv(img.convert("RGB"))))
+
+
+def central_square_reference(img: Image.Image, size: int) -> np.ndarray:
+    """preprocess.resize=central_square, directly with PIL: the central square, resampled to size x size."""
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8), "L")
+    rgb = img.convert("RGB")
+    w, h = rgb.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return np.asarray(rgb.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_central_square_equals_its_reference_exactly(case):
+    img = CASES[case]()
+    out = np.asarray(central_square_patch(img, S))
+    assert out.shape == (S, S, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, central_square_reference(img, S))
+
+
+def test_both_resizes_agree_on_square_images_and_differ_on_others():
+    square, wide = photo(150, 150, 13), CASES["wide"]()
+    np.testing.assert_array_equal(np.asarray(central_square_patch(square, S)),
+                                  np.asarray(resize_center_crop(square, S)))
+    a, b = np.asarray(central_square_patch(wide, S), int), np.asarray(resize_center_crop(wide, S), int)
+    assert (a != b).any()
+    # The same scene: torchvision's integer crop offset moves the patch by under a pixel.
+    assert np.abs(a - b).mean() < 25, np.abs(a - b).mean()
 
 
 @pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB")])

@@ -64,16 +64,33 @@ def test_new_settings_replace_old_shards(tiny_prepared, tmp_path):
     assert ShardSet(tmp_path, "train").format == "jpeg" and len(ShardSet(tmp_path, "train")) == 11
 
 
+def test_resize_mode_is_part_of_what_a_shard_is_built_from(tiny_prepared, reference, tmp_path):
+    preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS, resize="central_square")
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["resize"] == "central_square"
+    assert json.loads((reference / MANIFEST).read_text())["resize"] == "torchvision"
+    # Other pixels (the tiny tree has no square image), so no shard of the default run is kept.
+    assert data_version(tmp_path) != data_version(reference)
+    before = shard_files(tmp_path)
+    time.sleep(0.01)
+    preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)  # back to the default: every shard rebuilt
+    after = shard_files(tmp_path)
+    assert all(before[n] != after[n] for n in before if n.endswith(".npy"))
+    assert (tmp_path / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
+    with pytest.raises(ValueError, match="preprocess.resize='box'; allowed: torchvision, central_square"):
+        preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS, resize="box")
+
+
 def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepared, reference, tmp_path,
                                                                     monkeypatch):
     calls = {"n": 0}
     real = stage.load_patch
 
-    def failing(path, size):
+    def failing(path, size, resize):
         calls["n"] += 1
         if calls["n"] == 6:  # third shard, second image: between its writes and its rename
             raise OSError("disk on fire")
-        return real(path, size)
+        return real(path, size, resize)
 
     monkeypatch.setattr(stage, "load_patch", failing)
     with pytest.raises(OSError, match="disk on fire"):
@@ -92,9 +109,9 @@ KILLABLE = """
 import sys, time
 import alexnet.preprocess as stage
 real = stage.load_patch
-def slow(path, size):
+def slow(path, size, resize):
     time.sleep(0.15)
-    return real(path, size)
+    return real(path, size, resize)
 stage.load_patch = slow
 stage.preprocess(sys.argv[1], sys.argv[2], stored_size=24, fmt="raw", shard_size=2, workers=2, progress=False)
 """
