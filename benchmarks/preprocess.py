@@ -14,6 +14,12 @@ the summed RSS of the child and its workers, sampled every 10 ms, in separate ru
 takes CPU from the workers on a 2-core machine, so timed runs are not sampled. 4x = the same
 images listed 4 times in the index.
 Prints a table, then one JSON object as the last line.
+
+    python benchmarks/preprocess.py --warm 8
+
+instead times the baseline and the stage (1 worker, each --resize mode) in ONE process, in
+alternation, --warm passes each after a warm-up pass: per-image costs without process start,
+cold caches or the pool, and paired ratios that see the same moment's load.
 """
 
 from __future__ import annotations
@@ -68,6 +74,38 @@ def child_stage(prepared: str, out: str, workers: int, shard_size: int, resize: 
             "cpu_seconds": cpu_seconds() - cpu}
 
 
+def child_warm(images: str, prepared: str, out: str, passes: int, modes: str) -> dict:
+    import numpy as np
+    import pandas.io.parquet  # noqa: F401
+    import pyarrow.dataset  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    from torchvision import datasets, transforms
+
+    from alexnet.preprocess import preprocess
+
+    ds = datasets.ImageFolder(images, transform=transforms.Compose([transforms.Resize(SIZE),
+                                                                    transforms.CenterCrop(SIZE)]))
+
+    def run(name: str) -> None:
+        if name == "baseline":
+            for img, _ in ds:
+                np.asarray(img, dtype=np.uint8)
+        else:
+            preprocess(prepared, out, stored_size=SIZE, fmt="raw", shard_size=100, workers=1, progress=False,
+                       resize=name)
+            shutil.rmtree(out)
+
+    names = ["baseline", *modes.split(",")]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(passes + 1):
+        for name in names:
+            start = time.perf_counter()
+            run(name)
+            if i:  # pass 0 warms up
+                seconds[name].append(time.perf_counter() - start)
+    return {"images": len(ds), "seconds": seconds}
+
+
 def measure(args: list[str], memory: bool = False) -> dict:
     """Run one child; its JSON result, plus (memory=True) the peak RSS in MiB of it and its children."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -84,6 +122,8 @@ def measure(args: list[str], memory: bool = False) -> dict:
     if proc.returncode:
         raise RuntimeError(f"child {args} failed with {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
+    if isinstance(result["seconds"], dict):  # the --warm child: its passes, as they are
+        return result
     return {**result, "rate": result["images"] / result["seconds"], "peak_mib": peak / 2**20}
 
 
@@ -112,14 +152,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=100, help="100: one shard of the 200 images per worker")
     parser.add_argument("--resize", default="torchvision,central_square", help="comma-separated modes")
+    parser.add_argument("--warm", type=int, default=0, help="N: the one-process alternating A/B, N passes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     modes = args.resize.split(",")
     if args.child:
         kind, *rest = args.child
         result = (child_baseline(*rest) if kind == "baseline" else
+                  child_warm(rest[0], rest[1], rest[2], int(rest[3]), rest[4]) if kind == "warm" else
                   child_stage(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4]))
         print(json.dumps(result))
+        return
+    if args.warm:
+        warm_ab(args, modes)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
@@ -174,6 +219,21 @@ def main() -> None:
                       "shard_size": args.shard_size, "repeats": args.repeats, "cpus": psutil.cpu_count(), "median": med,
                       "per_worker_ratio": per_worker, "cpu_time_ratio": cpu_ratio, "speedup_1_to_2": speedup,
                       "peak_mem_ratio_4x_1x": mem_growth}))
+
+
+def warm_ab(args: argparse.Namespace, modes: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
+        one, _ = make_prepared(Path(args.images), Path(tmp))
+        result = measure(["warm", args.images, str(one), str(Path(tmp) / "shards"), str(args.warm), ",".join(modes)])
+    seconds, n = result["seconds"], result["images"]
+    base = seconds["baseline"]
+    ratio = {m: statistics.median(b / s for b, s in zip(base, seconds[m])) for m in modes}
+    ms = {name: 1e3 * statistics.median(s) / n for name, s in seconds.items()}
+    for name in seconds:
+        paired = f"  {ratio[name]:.3f}x baseline (median of paired passes)" if name in ratio else ""
+        print(f"{name:<16}{ms[name]:7.2f} ms/img{paired}")
+    print(json.dumps({"benchmark": "preprocess-warm", "images": args.images, "passes": args.warm,
+                      "ms_per_image": ms, "ratio_to_baseline": ratio}))
 
 
 if __name__ == "__main__":
