@@ -119,7 +119,9 @@ def _forward_rows(xp, op, sp, rp, first, last, size, alpha, beta, k, relu):
         if op.dtype != acc:
             op[block].copy_(b)
         if relu:
-            s.mul_(a > 0)  # ReLU's gradient, folded into the saved factor
+            # ReLU's gradient, folded into the saved factor. The 0/1 mask goes into a float buffer:
+            # `s.mul_(a > 0)` makes a bool tensor and promotes it, 7x slower (375 vs 52 us a block).
+            s.mul_(torch.gt(a, 0, out=ws.scratch[:rows]))
 
 
 def _backward_rows(xp, gp, ip, sp, rp, first, last, size, alpha, beta, relu):

@@ -22,6 +22,7 @@ from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import Params, flatten
 from alexnet.evaluate import save_probs
+from alexnet.heap import keep_freed_memory
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
@@ -79,7 +80,8 @@ def run_key(params: Params, index: int, shards_dir: Path) -> str:
     """Everything that decides a member's weights: a checkpoint is resumed only under the same key."""
     decisive = {
         "model": params.model.model_dump(mode="json"),
-        "train": params.train.model_dump(mode="json", exclude={"workers"}),  # workers don't change results
+        # Neither the loader's processes nor where malloc keeps memory changes a result.
+        "train": params.train.model_dump(mode="json", exclude={"workers", "keep_freed_memory"}),
         "seed": member_seed(params.train.seed, index),
         "precision": resolve_precision(params.train.precision, params.model.devices[0]),  # what "auto" became
         "data": data_version(shards_dir),
@@ -106,6 +108,8 @@ def train_member(
     key = run_key(params, index, shards_dir)
     paths = MemberPaths.of(index, models_dir, history_dir, checkpoints_dir, key)
     configure_determinism(params.train.deterministic, params.train.threads)
+    if params.train.keep_freed_memory:
+        keep_freed_memory()
     classes = num_classes_of(prepared_dir, params)
     torch.manual_seed(seed)  # the initialisation (§5) and dropout draw from torch's generator
     model = build_model(params.model, classes)
@@ -179,6 +183,8 @@ def predict_member(
     model_path: Path, params: Params, *, shards_dir: Path, out_dir: Path, progress: bool = True
 ) -> dict[str, str]:
     """Class probabilities of every val image for the centre crop and (if enabled) the ten patches."""
+    if params.train.keep_freed_memory:
+        keep_freed_memory()
     model = load_member(model_path, params)
     name = model_path.parent.name
     device = params.model.devices[0]

@@ -31,6 +31,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from alexnet.heap import keep_freed_memory
 from alexnet.lrn import local_response_norm
 from alexnet.model import AlexNet
 
@@ -175,7 +176,12 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated variant names")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-tf32", action="store_true", help="CUDA fp32 in full fp32 (cuDNN defaults to TF32)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: train.keep_freed_memory's heap setting, as training runs (default); "
+                        "default: glibc's own (every large tensor a fresh mmap)")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -271,6 +277,7 @@ def main() -> None:
         "cudnn_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
         "native_bf16": native_bf16,
+        "malloc": args.malloc,
     }
     print(json.dumps(result))
 
