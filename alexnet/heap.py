@@ -5,8 +5,9 @@ block above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps it o
 next step page-faults all of it in again: on the project's 2-core VM a 75 MB tensor (one
 conv1 output at batch 64) costs 35 ms to allocate and fill against 3.4 ms for a reused one.
 With mmap off and no trimming, freed blocks go back to the heap and the next step reuses them.
-Measured with benchmarks/model.py (batch 64, 224, fp32): the paper model's training step
-18.9 -> 25.6 img/s, torchvision's alexnet 21.8 -> 27.2. The price: the process keeps its
+Measured with benchmarks/model.py (224, fp32, `--malloc default` against the default): the paper
+model's training step 20.0 -> 24.0 img/s at batch 128 (18.9 -> 25.6 at batch 64), torchvision's
+alexnet 23.5 -> 24.8 (21.8 -> 27.2). The price: the process keeps its
 peak heap instead of returning it to the system (`train.keep_freed_memory: false` opts out).
 Results do not change: tensors keep PyTorch's 64-byte alignment wherever they live.
 """
