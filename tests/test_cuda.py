@@ -5,16 +5,16 @@ what). They compare against the CPU, which the rest of the suite checks in depth
 """
 
 import copy
+import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny import build_tiny_data, tiny_params
+from tiny import build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.lrn import local_response_norm
@@ -109,19 +109,6 @@ def test_gpu_lrn_equals_the_cpu_lrn_and_is_deterministic():
         torch.use_deterministic_algorithms(False)
 
 
-_TRAIN = """
-import sys, yaml
-from pathlib import Path
-from alexnet.config import parse_params
-from alexnet.member import train_member
-raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
-r = train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
-                 models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
-                 progress=False)
-print(r["precision"], r["final"]["train_loss"])
-"""
-
-
 def test_member_on_two_gpu_devices_in_bf16_resumes_bit_identical(tmp_path):
     """The params a GPU user sets (devices on the GPU, bf16, deterministic): a member that fails
     after epoch 1 and is rerun ends with exactly the weights of an unbroken run."""
@@ -135,12 +122,12 @@ def test_member_on_two_gpu_devices_in_bf16_resumes_bit_identical(tmp_path):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                "ALEXNET_FAIL_ONCE": fault}
         env.pop("CUBLAS_WORKSPACE_CONFIG", None)  # the library must set it itself
-        return subprocess.run([sys.executable, "-c", _TRAIN, str(params_file), str(data), str(tmp_path / out)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(train_command(params_file, data, tmp_path / out), cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
 
     unbroken = run("a")
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
-    assert unbroken.stdout.split()[0] == "bf16"
+    assert json.loads((tmp_path / "a" / "models" / "member-0" / "summary.json").read_text())["precision"] == "bf16"
     failed = run("b", fault="0:1")
     assert failed.returncode != 0 and "InjectedFault" in failed.stderr, failed.stderr[-3000:]
     resumed = run("b", fault="0:1")

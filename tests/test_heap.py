@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_data, tiny_params
+from tiny import build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
 
@@ -39,18 +39,6 @@ def test_large_tensors_come_from_the_heap_once_asked():
     assert out.stdout.split() == ["False", "True", "True", "True"], out.stdout + out.stderr
 
 
-_TRAIN = """
-import sys, yaml
-from pathlib import Path
-from alexnet.config import parse_params
-from alexnet.member import train_member
-raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
-train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
-             models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
-             progress=False)
-"""
-
-
 @glibc_linux
 def test_where_malloc_keeps_memory_does_not_change_the_weights(tmp_path):
     data = build_tiny_data(tmp_path / "data")
@@ -60,7 +48,7 @@ def test_where_malloc_keeps_memory_does_not_change_the_weights(tmp_path):
         params_file = tmp_path / f"params-{keep}.yaml"
         params_file.write_text(yaml.safe_dump(raw))
         out = tmp_path / f"out-{keep}"
-        subprocess.run([sys.executable, "-c", _TRAIN, str(params_file), str(data), str(out)], cwd=ROOT,
-                       check=True, capture_output=True, text=True, timeout=600)
+        subprocess.run(train_command(params_file, data, out), cwd=ROOT, check=True, capture_output=True, text=True,
+                       timeout=600)
         weights.append(load_checkpoint(out / "models" / "member-0" / "model.pt")["model"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -3,14 +3,13 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_data, tiny_params
+from tiny import build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import parse_params
@@ -57,20 +56,8 @@ def test_a_finished_member_is_not_trained_again(data, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-_TRAIN_SCRIPT = """
-import sys, yaml
-from pathlib import Path
-from alexnet.config import parse_params
-from alexnet.member import train_member
-raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
-train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
-             models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
-             progress=False)
-"""
-
-
 def _train_process(params_file, data, out):
-    return subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(params_file), str(data), str(out)],
+    return subprocess.Popen(train_command(params_file, data, out),
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

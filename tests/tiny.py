@@ -1,5 +1,6 @@
 """A tiny, fast training setup shared by the training and flow tests."""
 
+import sys
 from pathlib import Path
 
 from alexnet.config import parse_params
@@ -31,3 +32,20 @@ def build_tiny_data(root: Path) -> Path:
     preprocess(root / "prepared", root / "shards", stored_size=p.stored_size, fmt=p.format,
                shard_size=p.shard_size, workers=1, progress=False)
     return root
+
+
+_TRAIN_SCRIPT = """
+import sys, yaml
+from pathlib import Path
+from alexnet.config import parse_params
+from alexnet.member import train_member
+raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
+train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
+             models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
+             progress=False)
+"""
+
+
+def train_command(params_file: Path, data: Path, out: Path) -> list[str]:
+    """A fresh Python process that trains member 0 with params_file on build_tiny_data's data into out."""
+    return [sys.executable, "-c", _TRAIN_SCRIPT, str(params_file), str(data), str(out)]
