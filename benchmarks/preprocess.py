@@ -47,26 +47,41 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def child_baseline(images: str) -> dict:
-    import numpy as np
+def baseline_dataset(images: str):
     from torchvision import datasets, transforms
 
-    ds = datasets.ImageFolder(images, transform=transforms.Compose([transforms.Resize(SIZE),
-                                                                    transforms.CenterCrop(SIZE)]))
-    start, cpu = time.perf_counter(), cpu_seconds()
+    return datasets.ImageFolder(images, transform=transforms.Compose([transforms.Resize(SIZE),
+                                                                      transforms.CenterCrop(SIZE)]))
+
+
+def baseline_pass(ds) -> None:
+    import numpy as np
+
     for img, _ in ds:
         np.asarray(img, dtype=np.uint8)
-    return {"images": len(ds), "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
 
 
-def child_stage(prepared: str, out: str, workers: int, shard_size: int, resize: str) -> dict:
-    # Modules pandas imports on its first parquet read: start-up, untimed like torchvision above.
+def stage_function():
+    """alexnet.preprocess.preprocess, with the modules pandas imports on its first parquet read
+    already loaded: start-up, untimed like the baseline's torchvision imports."""
     import pandas.io.parquet  # noqa: F401
     import pyarrow.dataset  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
     from alexnet.preprocess import preprocess
 
+    return preprocess
+
+
+def child_baseline(images: str) -> dict:
+    ds = baseline_dataset(images)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    baseline_pass(ds)
+    return {"images": len(ds), "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
+
+
+def child_stage(prepared: str, out: str, workers: int, shard_size: int, resize: str) -> dict:
+    preprocess = stage_function()
     start, cpu = time.perf_counter(), cpu_seconds()
     manifest = preprocess(prepared, out, stored_size=SIZE, fmt="raw", shard_size=shard_size, workers=workers,
                           progress=False, resize=resize)
@@ -74,24 +89,14 @@ def child_stage(prepared: str, out: str, workers: int, shard_size: int, resize: 
             "cpu_seconds": cpu_seconds() - cpu}
 
 
-def child_warm(images: str, prepared: str, out: str, passes: int, modes: str) -> dict:
-    import numpy as np
-    import pandas.io.parquet  # noqa: F401
-    import pyarrow.dataset  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-    from torchvision import datasets, transforms
-
-    from alexnet.preprocess import preprocess
-
-    ds = datasets.ImageFolder(images, transform=transforms.Compose([transforms.Resize(SIZE),
-                                                                    transforms.CenterCrop(SIZE)]))
+def child_warm(images: str, prepared: str, out: str, passes: int, shard_size: int, modes: str) -> dict:
+    ds, preprocess = baseline_dataset(images), stage_function()
 
     def run(name: str) -> None:
         if name == "baseline":
-            for img, _ in ds:
-                np.asarray(img, dtype=np.uint8)
+            baseline_pass(ds)
         else:
-            preprocess(prepared, out, stored_size=SIZE, fmt="raw", shard_size=100, workers=1, progress=False,
+            preprocess(prepared, out, stored_size=SIZE, fmt="raw", shard_size=shard_size, workers=1, progress=False,
                        resize=name)
             shutil.rmtree(out)
 
@@ -159,7 +164,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         result = (child_baseline(*rest) if kind == "baseline" else
-                  child_warm(rest[0], rest[1], rest[2], int(rest[3]), rest[4]) if kind == "warm" else
+                  child_warm(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]), rest[5]) if kind == "warm" else
                   child_stage(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4]))
         print(json.dumps(result))
         return
@@ -224,7 +229,8 @@ def main() -> None:
 def warm_ab(args: argparse.Namespace, modes: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         one, _ = make_prepared(Path(args.images), Path(tmp))
-        result = measure(["warm", args.images, str(one), str(Path(tmp) / "shards"), str(args.warm), ",".join(modes)])
+        result = measure(["warm", args.images, str(one), str(Path(tmp) / "shards"), str(args.warm),
+                          str(args.shard_size), ",".join(modes)])
     seconds, n = result["seconds"], result["images"]
     base = seconds["baseline"]
     ratio = {m: statistics.median(b / s for b, s in zip(base, seconds[m])) for m in modes}
