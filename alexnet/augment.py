@@ -103,20 +103,6 @@ def subtract_mean_windows(
     return out
 
 
-def crop_flip_subtract_mean(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    ys: torch.Tensor,
-    xs: torch.Tensor,
-    flips: torch.Tensor,
-    crop_size: int,
-    shift: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`crop_flip` then `subtract_mean_windows`: float32 (N, c, c, 3) from images (N, S, S, 3)."""
-    return subtract_mean_windows(crop_flip(images, ys, xs, flips, crop_size), mean, ys, xs, flips, shift, out)
-
-
 def lighting_shift(
     n: int,
     eigenvalues: torch.Tensor,

@@ -6,9 +6,10 @@ import torch
 from alexnet.augment import (
     TEN_CROP_VIEWS,
     center_crop,
-    crop_flip_subtract_mean,
+    crop_flip,
     lighting_shift,
     random_crop_offsets,
+    subtract_mean_windows,
     ten_crop,
     ten_crop_offsets,
     train_augment,
@@ -75,8 +76,8 @@ def test_flip_really_mirrors_about_half_the_images():
     assert 150 < int(mirrored.sum()) < 250
     # at chosen positions: image 0 cropped at (1, 2) and mirrored, image 1 at (4, 0) as is
     two = images[:2]
-    crops = crop_flip_subtract_mean(two, zero_mean(), torch.tensor([1, 4]), torch.tensor([2, 0]),
-                                    torch.tensor([True, False]), C)  # fmt: skip
+    ys, xs, flips = torch.tensor([1, 4]), torch.tensor([2, 0]), torch.tensor([True, False])
+    crops = subtract_mean_windows(crop_flip(two, ys, xs, flips, C), zero_mean(), ys, xs, flips)
     assert torch.equal(crops[0], two[0, 1 : 1 + C, 2 : 2 + C].flip(1).float())
     assert torch.equal(crops[1], two[1, 4:, 0:C].float())
 
