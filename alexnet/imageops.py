@@ -70,10 +70,16 @@ def center_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     return left, top, left + size, top + size
 
 
+def _resizable(img: Image.Image) -> tuple[Image.Image, bool]:
+    """`img` in the mode it is resized in, and whether that is L: grey images are resized before
+    they become RGB (channels are independent and L->RGB copies), everything else as RGB."""
+    gray = img.mode in ("L", "1")
+    return (img.convert("L") if img.mode == "1" else img if gray else to_rgb(img)), gray
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """The §2 patch of `img` as an RGB image of size x size (see the module docstring)."""
-    gray = img.mode in ("L", "1")
-    img = img.convert("L") if img.mode == "1" else img if gray else to_rgb(img)
+    img, gray = _resizable(img)
     w, h = img.size
     nw, nh = resized_size(w, h, size)
     left, top, right, bottom = center_box(nw, nh, size)
@@ -94,8 +100,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def central_square_patch(img: Image.Image, size: int) -> Image.Image:
     """The §2 patch as the image's central square resampled to size x size (see the module docstring)."""
-    gray = img.mode in ("L", "1")
-    img = img.convert("L") if img.mode == "1" else img if gray else to_rgb(img)
+    img, gray = _resizable(img)
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) / 2, (h - side) / 2
