@@ -17,12 +17,16 @@ on whole (`build_model(params.model, ...)`, `cfg.model_dump()`) reads the whole 
 function of every module in the stage's import closure counts, the granularity at which DVC sees
 code: if a module is a dependency, so are the params it reads. alexnet/config.py itself is left
 out (its validation reads every section; that is not a use). The whole `Params` passed to a
-function is not a read by itself: the function receiving it is scanned.
+function is not a read by itself: the function receiving it is scanned. A params value kept on
+`self` (a class-level annotation, or `self.x = arg` with an annotated argument) is followed into
+the class's methods. What the types cannot see, an argument named `params`, `cfg` or `*_params`
+without an annotation, is listed by unannotated_params_args and fails the test.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -115,8 +119,11 @@ class _Scope:
     fields: dict[str, dict[str, str | None]]
     paths: dict[str, str]
     names: dict[str, str] = field(default_factory=dict)  # local name -> params class
+    self_fields: dict[str, str] = field(default_factory=dict)  # in a method: self.<name> -> params class
 
     def type_of(self, node: ast.AST) -> str | None:
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            return self.self_fields.get(node.attr)
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
         if isinstance(node, ast.Call):
@@ -174,6 +181,34 @@ def _scope_reads(scope_node: ast.AST, scope: _Scope, parents: dict[ast.AST, ast.
     return reads
 
 
+def _typed_args(scope_node: ast.AST, fields: dict) -> dict[str, str]:
+    """Arguments of the functions and lambdas in scope_node annotated with a params class."""
+    typed = {}
+    for fn in ast.walk(scope_node):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
+                if t := _annotation_type(getattr(arg, "annotation", None), fields):
+                    typed[arg.arg] = t
+    return typed
+
+
+PARAMS_LIKE = re.compile(r"^(params|cfg|.+_params)$")
+
+
+def unannotated_params_args(files: list[str], root: Path = ROOT) -> list[str]:
+    """Arguments named like a params value but not annotated: their reads would be invisible."""
+    found = []
+    for rel in files:
+        if rel == CONFIG:
+            continue
+        for fn in ast.walk(ast.parse((root / rel).read_text(), rel)):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                found += [f"{rel}:{fn.lineno} {fn.name}({arg.arg})"
+                          for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+                          if arg.annotation is None and PARAMS_LIKE.match(arg.arg)]
+    return found
+
+
 def params_reads(files: list[str], root: Path = ROOT) -> set[str]:
     """Dotted params paths read by the code in `files` (alexnet/config.py excluded)."""
     fields, paths = params_schema(root)
@@ -184,23 +219,29 @@ def params_reads(files: list[str], root: Path = ROOT) -> set[str]:
         tree = ast.parse((root / rel).read_text(), rel)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         # One scope per top-level function or method (nested functions and lambdas see its names),
-        # and one for the module's own statements.
-        scopes: list[ast.AST] = []
+        # and one for the module's own statements. In a class, self.<x> is typed by a class-level
+        # annotation or by `self.x = arg` with a typed argument.
+        scopes: list[tuple[ast.AST, dict[str, str]]] = []
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
-                scopes += [n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+                methods = [n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+                self_fields = {s.target.id: t for s in node.body if isinstance(s, ast.AnnAssign)
+                               and isinstance(s.target, ast.Name) and (t := _annotation_type(s.annotation, fields))}
+                for method in methods:
+                    typed = _typed_args(method, fields)
+                    for a in ast.walk(method):
+                        if (isinstance(a, ast.Assign) and isinstance(a.value, ast.Name) and a.value.id in typed
+                                and any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                                        and t.value.id == "self" for t in a.targets)):
+                            self_fields.update({t.attr: typed[a.value.id] for t in a.targets
+                                                if isinstance(t, ast.Attribute)})
+                scopes += [(m, self_fields) for m in methods]
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                scopes.append(node)
+                scopes.append((node, {}))
         module_level = ast.Module(body=[n for n in tree.body if not isinstance(
             n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)], type_ignores=[])
-        for scope_node in [*scopes, module_level]:
-            scope = _Scope(fields, paths)
-            for fn in ast.walk(scope_node):
-                if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                    for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
-                        t = _annotation_type(getattr(arg, "annotation", None), fields)
-                        if t:
-                            scope.names[arg.arg] = t
+        for scope_node, self_fields in [*scopes, (module_level, {})]:
+            scope = _Scope(fields, paths, _typed_args(scope_node, fields), self_fields)
             reads |= _scope_reads(scope_node, scope, parents)
     return reads
 

@@ -47,6 +47,12 @@ def test_the_stage_reads_only_declared_params_and_every_declared_one(stage):
     assert not unread, f"stage {stage.name} declares params no code of it reads: {unread}"
 
 
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_every_params_argument_is_annotated_so_its_reads_are_seen(stage):
+    untyped = dvc_deps.unannotated_params_args(stage.code_deps)
+    assert not untyped, f"annotate these with their params class (Params, TrainParams, ...): {untyped}"
+
+
 # The derivation itself, on a made-up project: each rule must be able to fail.
 
 CONFIG = '''
@@ -106,6 +112,20 @@ def test_params_reads_follow_types_aliases_and_whole_sections(tmp_path):
     reads = dvc_deps.params_reads(["alexnet/m.py", "alexnet/config.py"], root)
     assert reads == {"train.seed", "train.augment.flip", "model", "train.augment", "train"}
     assert dvc_deps.minimal(reads) == ["model", "train"]
+
+
+def test_params_kept_on_self_are_followed_into_the_other_methods(tmp_path):
+    root = make_project(tmp_path, {"alexnet/m.py": """
+        from alexnet.config import ModelParams, TrainParams
+        class Trainer:
+            model: ModelParams
+            def __init__(self, train: TrainParams, params):
+                self.train = train
+            def step(self):
+                return self.train.seed, self.model.towers
+    """})
+    assert dvc_deps.params_reads(["alexnet/m.py"], root) == {"train.seed", "model.towers"}
+    assert dvc_deps.unannotated_params_args(["alexnet/m.py"], root) == ["alexnet/m.py:5 __init__(params)"]
 
 
 def test_a_method_on_the_whole_params_reads_everything(tmp_path):
