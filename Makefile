@@ -1,4 +1,5 @@
-# The two README commands: `make run` (the pipeline on the default data) and `make test`.
+# The two README commands: `make run` (the pipeline on the default data) and `make test` (every test;
+# `make test-fast` leaves out the end-to-end runs marked slow).
 # Each creates .venv and installs the project on first use, so either works first on a fresh clone.
 VENV   ?= .venv
 PYTHON ?= python3
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Stage commands (python -m stages.*) must run in the venv's interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test bench lint clean-venv
+.PHONY: install run test test-fast bench lint clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +25,16 @@ run: install
 test: install
 	python -m pytest -q
 
+test-fast: install
+	python -m pytest -q -m "not slow"
+
 bench: install
 	python benchmarks/preprocess.py
 	python benchmarks/model.py
 	python benchmarks/loader.py
 
 lint: install
-	ruff check alexnet stages flows tests benchmarks
+	ruff check alexnet stages flows tests benchmarks scripts
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,6 @@
 """Typed, frozen params: params.yaml is loaded once, at the entry point, into these objects.
 
-The field defaults are the paper's settings (../shared/PAPER.md); params.yaml holds the
+The field defaults are the paper's settings (docs/paper.md); params.yaml holds the
 project's default demo profile, and every place it departs from the paper is a named key.
 Unknown keys, wrong types and impossible values fail before any work, naming the key.
 """

@@ -14,6 +14,9 @@ from alexnet.shards import ShardsError
 from alexnet.tracking import TrackingUnavailable
 from stages import run_stage
 
+# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
+PARAMS = ("model", "train", "evaluate", "ensemble.members", "tracking.registered_model")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,6 +12,9 @@ from alexnet.config import load_params
 from alexnet.prepare import BadImageError, prepare
 from stages import run_stage
 
+# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
+PARAMS = ("data",)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,6 +13,9 @@ from alexnet.preprocess import preprocess
 from alexnet.shards import ShardsError
 from stages import run_stage
 
+# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
+PARAMS = ("preprocess",)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

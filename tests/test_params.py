@@ -63,12 +63,6 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(bad)
 
 
-def test_project_params_file_is_valid():
-    from pathlib import Path
-
-    load_params(Path(__file__).parents[1] / "params.yaml")
-
-
 PROJECT = Path(__file__).resolve().parents[1]
 
 

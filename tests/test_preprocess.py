@@ -1,5 +1,6 @@
 """preprocess: deterministic shards, and a run stopped at any moment never looks complete."""
 
+import hashlib
 import json
 import os
 import signal
@@ -28,8 +29,19 @@ def reference(tiny_prepared, tmp_path_factory) -> Path:
     return out
 
 
-def shard_files(d: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(d.iterdir()) if p.name.startswith(("train-", "val-"))}
+def shard_files(d: Path) -> dict[str, tuple[int, str]]:
+    """Each shard file's inode and sha256. Every write is a new file renamed over the old one, so a
+    rewritten file has a new inode even when its bytes are the same (mtimes can tie within a tick)."""
+    return {p.name: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(d.iterdir()) if p.name.startswith(("train-", "val-"))}
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    """Return as soon as condition() holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.01)
 
 
 def test_layout_counts_and_determinism(tiny_prepared, reference, tmp_path):
@@ -48,11 +60,11 @@ def test_rerun_keeps_verified_shards_and_rebuilds_damaged_ones(tiny_prepared, tm
     before = shard_files(tmp_path)
     damaged = tmp_path / "train-00001.npy"
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
-    time.sleep(0.01)
     preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
     after = shard_files(tmp_path)
-    changed = {n for n in before if before[n] != after[n]}
-    assert changed and all(n.startswith("train-00001.") for n in changed)
+    rewritten = {n for n in before if before[n][0] != after[n][0]}
+    assert damaged.name in rewritten and all(n.startswith("train-00001.") for n in rewritten)
+    assert after == {n: (after[n][0], before[n][1]) for n in before}  # the same bytes as before the damage
     ShardSet(tmp_path, "train")  # verifies every sha256
 
 
@@ -72,10 +84,11 @@ def test_resize_mode_is_part_of_what_a_shard_is_built_from(tiny_prepared, refere
     # Other pixels (the tiny tree has no square image), so no shard of the default run is kept.
     assert data_version(tmp_path) != data_version(reference)
     before = shard_files(tmp_path)
-    time.sleep(0.01)
     preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)  # back to the default: every shard rebuilt
     after = shard_files(tmp_path)
-    assert all(before[n] != after[n] for n in before if n.endswith(".npy"))
+    assert all(before[n][0] != after[n][0] for n in before)  # every file of every shard written anew
+    images = [n for n in before if n.endswith(".npy") and not n.endswith(".labels.npy")]
+    assert images and all(before[n][1] != after[n][1] for n in images)  # with other pixels
     assert (tmp_path / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
     with pytest.raises(ValueError, match="preprocess.resize='box'; allowed: torchvision, central_square"):
         preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS, resize="box")
@@ -105,29 +118,33 @@ def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepar
     assert manifest["splits"]["train"]["count"] == 11
 
 
+# Once a shard's ledger exists, the next image any worker loads holds it there, mid-shard, and says
+# so in a file: the test kills at a known point instead of after a guessed delay.
 KILLABLE = """
-import sys, time
+import os, sys, threading
+from pathlib import Path
 import alexnet.preprocess as stage
-real = stage.load_patch
-def slow(path, size, resize):
-    time.sleep(0.15)
+real, out, held = stage.load_patch, Path(sys.argv[2]), Path(sys.argv[3])
+def gated(path, size, resize):
+    if any(out.glob("*.done.json")):
+        (held / str(os.getpid())).touch()
+        threading.Event().wait()  # until the test kills the process group
     return real(path, size, resize)
-stage.load_patch = slow
-stage.preprocess(sys.argv[1], sys.argv[2], stored_size=24, fmt="raw", shard_size=2, workers=2, progress=False)
+stage.load_patch = gated
+stage.preprocess(sys.argv[1], out, stored_size=24, fmt="raw", shard_size=2, workers=2, progress=False)
 """
 
 
 def test_sigkill_mid_run_then_rerun_completes(tiny_prepared, reference, tmp_path):
-    out = tmp_path / "shards"
+    out, held = tmp_path / "shards", tmp_path / "held"
+    held.mkdir()
     root = Path(__file__).parents[1]
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_prepared), str(out)], cwd=root,
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_prepared), str(out), str(held)], cwd=root,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list(out.glob("*.done.json")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert list(out.glob("*.done.json")), "no shard finished before the deadline"
-        time.sleep(0.1)  # let the workers get into the middle of the next shards
+        wait_for(lambda: any(held.iterdir()) or proc.poll() is not None, "worker held mid-shard")
+        assert proc.poll() is None, f"the stage ended (exit {proc.returncode}) before it could be killed"
+        assert list(out.glob(".tmp-*")), "the held worker has no shard file half-written"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the stage and its worker processes
         proc.wait()

@@ -1,0 +1,323 @@
+"""What each dvc.yaml stage really depends on, derived from the code; tests/test_dvc_yaml.py checks dvc.yaml against it.
+
+    python scripts/dvc_deps.py            # every stage's derived code deps and params reads
+    python scripts/dvc_deps.py train      # one stage
+
+Code deps: the stage's entry module (`python -m stages.<name>` in its cmd) and every module of
+alexnet/, stages/ and flows/ it imports, transitively, found by parsing `import` statements with
+`ast` (nothing is imported or run), plus the `__init__.py` of each package on the way (Python runs
+it on import). Imports inside functions count: the stages import their flow lazily.
+
+Params: each stage declares its dvc.yaml params in one line, `PARAMS = (...)` in stages/<name>.py.
+The reads are derived from types, not from attribute names: a value is a params value when it is
+annotated with a class of alexnet/config.py (`Params`, `TrainParams`, ...), comes from
+`load_params(...)`, or is a field of another params value (`tr = params.train`). A read is the
+dotted path of the field used (`params.ensemble.members` -> "ensemble.members"); a section handed
+on whole (`build_model(params.model, ...)`, `cfg.model_dump()`) reads the whole section. Every
+function of every module in the stage's import closure counts, the granularity at which DVC sees
+code: if a module is a dependency, so are the params it reads. alexnet/config.py itself is left
+out (its validation reads every section; that is not a use). The whole `Params` passed to a
+function is not a read by itself: the function receiving it is scanned. A params value kept on
+`self` (a class-level annotation, or `self.x = arg` with an annotated argument) is followed into
+the class's methods. What the types cannot see, an argument named `params`, `cfg` or `*_params`
+without an annotation, is listed by unannotated_params_args and fails the test.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("alexnet", "stages", "flows")
+CONFIG = "alexnet/config.py"
+ROOT_TYPE = "Params"
+
+# Params that decide how the work is scheduled, never what an output holds: reading them does not
+# make a stage depend on them (a change must not rerun hours of training).
+RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers"})
+
+
+def module_path(module: str, root: Path = ROOT) -> Path | None:
+    """alexnet.config -> alexnet/config.py (or a package's __init__.py); None outside the project."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, root: Path) -> set[str]:
+    """Dotted names of the project modules `path` imports (anywhere in the file)."""
+    rel = path.relative_to(root).with_suffix("")
+    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package[: len(package) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            found.add(base)
+            # `from alexnet import layout` imports the module alexnet/layout.py
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    names = set()
+    for name in found:
+        parts = name.split(".")
+        # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {n for n in names if module_path(n, root) is not None}
+
+
+def import_closure(entry: str, root: Path = ROOT) -> list[str]:
+    """Files (relative, sorted) of `entry` and every project module it imports, transitively."""
+    seen: set[Path] = set()
+    todo = [entry, *(".".join(entry.split(".")[:i]) for i in range(1, entry.count(".") + 1))]
+    while todo:
+        path = module_path(todo.pop(), root)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imported_modules(path, root))
+    return sorted(p.relative_to(root).as_posix() for p in seen)
+
+
+def params_schema(root: Path = ROOT) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
+    """From config.py: each params class's fields (field -> its params class, or None for a value),
+    and each class's dotted path below Params ("" for Params itself)."""
+    tree = ast.parse((root / CONFIG).read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    fields: dict[str, dict[str, str | None]] = {}
+    paths: dict[str, str] = {ROOT_TYPE: ""}
+    todo = [ROOT_TYPE]
+    while todo:
+        name = todo.pop()
+        fields[name] = {}
+        for stmt in classes[name].body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                ann = ast.unparse(stmt.annotation)
+                child = ann if ann in classes else None
+                fields[name][stmt.target.id] = child
+                if child:
+                    paths[child] = f"{paths[name]}.{stmt.target.id}".lstrip(".")
+                    todo.append(child)
+    return fields, paths
+
+
+@dataclass
+class _Scope:
+    fields: dict[str, dict[str, str | None]]
+    paths: dict[str, str]
+    names: dict[str, str] = field(default_factory=dict)  # local name -> params class
+    self_fields: dict[str, str] = field(default_factory=dict)  # in a method: self.<name> -> params class
+
+    def type_of(self, node: ast.AST) -> str | None:
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            return self.self_fields.get(node.attr)
+        if isinstance(node, ast.Name):
+            return self.names.get(node.id)
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            return ROOT_TYPE if called == "load_params" else None
+        if isinstance(node, ast.Attribute):
+            owner = self.type_of(node.value)
+            if owner is not None:
+                return self.fields[owner].get(node.attr)
+        return None
+
+
+def _annotation_type(ann: ast.AST | None, known: dict) -> str | None:
+    if ann is None:
+        return None
+    text = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else ast.unparse(ann)
+    text = text.rsplit(".", 1)[-1].replace(" | None", "")
+    return text if text in known else None
+
+
+def _scope_reads(scope_node: ast.AST, scope: _Scope, parents: dict[ast.AST, ast.AST]) -> set[str]:
+    # Aliases (`tr = params.train`) until nothing new: order-free, a name keeps one type per function.
+    while True:
+        before = dict(scope.names)
+        for node in ast.walk(scope_node):
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                t = scope.type_of(node.value)
+                for target in targets:
+                    if t and isinstance(target, ast.Name):
+                        scope.names[target.id] = t
+        if scope.names == before:
+            break
+    reads: set[str] = set()
+    for node in ast.walk(scope_node):
+        if isinstance(node, ast.Attribute) and scope.type_of(node) is None:
+            owner = scope.type_of(node.value)
+            if owner is not None and node.attr in scope.fields[owner]:
+                reads.add(f"{scope.paths[owner]}.{node.attr}".lstrip("."))  # a plain value
+            elif owner is not None:
+                reads.add(scope.paths[owner] or "*")  # a method of the object: model_dump(), ...
+            continue
+        if not isinstance(node, ast.Name | ast.Attribute) or isinstance(node.ctx, ast.Store):
+            continue
+        t = scope.type_of(node)
+        if t is None or t == ROOT_TYPE:
+            continue  # the whole Params handed on: whoever receives it is scanned
+        parent = parents.get(node)
+        if isinstance(parent, ast.Attribute) and parent.value is node:
+            continue  # params.train in params.train.seed: the parent is the read
+        if isinstance(parent, ast.Assign | ast.AnnAssign) and parent.value is node:
+            continue  # an alias (tr = params.train): its uses are the reads
+        reads.add(scope.paths[t])  # handed on whole
+    return reads
+
+
+def _typed_args(scope_node: ast.AST, fields: dict) -> dict[str, str]:
+    """Arguments of the functions and lambdas in scope_node annotated with a params class."""
+    typed = {}
+    for fn in ast.walk(scope_node):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
+                if t := _annotation_type(getattr(arg, "annotation", None), fields):
+                    typed[arg.arg] = t
+    return typed
+
+
+PARAMS_LIKE = re.compile(r"^(params|cfg|.+_params)$")
+
+
+def unannotated_params_args(files: list[str], root: Path = ROOT) -> list[str]:
+    """Arguments named like a params value but not annotated: their reads would be invisible."""
+    found = []
+    for rel in files:
+        if rel == CONFIG:
+            continue
+        for fn in ast.walk(ast.parse((root / rel).read_text(), rel)):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                found += [f"{rel}:{fn.lineno} {fn.name}({arg.arg})"
+                          for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+                          if arg.annotation is None and PARAMS_LIKE.match(arg.arg)]
+    return found
+
+
+def params_reads(files: list[str], root: Path = ROOT) -> set[str]:
+    """Dotted params paths read by the code in `files` (alexnet/config.py excluded)."""
+    fields, paths = params_schema(root)
+    reads: set[str] = set()
+    for rel in files:
+        if rel == CONFIG:
+            continue
+        tree = ast.parse((root / rel).read_text(), rel)
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        # One scope per top-level function or method (nested functions and lambdas see its names),
+        # and one for the module's own statements. In a class, self.<x> is typed by a class-level
+        # annotation or by `self.x = arg` with a typed argument.
+        scopes: list[tuple[ast.AST, dict[str, str]]] = []
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                methods = [n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+                self_fields = {s.target.id: t for s in node.body if isinstance(s, ast.AnnAssign)
+                               and isinstance(s.target, ast.Name) and (t := _annotation_type(s.annotation, fields))}
+                for method in methods:
+                    typed = _typed_args(method, fields)
+                    for a in ast.walk(method):
+                        if (isinstance(a, ast.Assign) and isinstance(a.value, ast.Name) and a.value.id in typed
+                                and any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                                        and t.value.id == "self" for t in a.targets)):
+                            self_fields.update({t.attr: typed[a.value.id] for t in a.targets
+                                                if isinstance(t, ast.Attribute)})
+                scopes += [(m, self_fields) for m in methods]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                scopes.append((node, {}))
+        module_level = ast.Module(body=[n for n in tree.body if not isinstance(
+            n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)], type_ignores=[])
+        for scope_node, self_fields in [*scopes, (module_level, {})]:
+            scope = _Scope(fields, paths, _typed_args(scope_node, fields), self_fields)
+            reads |= _scope_reads(scope_node, scope, parents)
+    return reads
+
+
+@dataclass
+class Stage:
+    name: str
+    entry: str  # stages.train
+    code_deps: list[str]  # derived
+    params_reads: set[str]  # derived, runtime knobs removed
+    declared_params: tuple[str, ...] | None  # stages/<name>.py's PARAMS
+    yaml_deps: list[str]
+    yaml_params: list[str]
+
+
+def declared_params(entry_file: Path) -> tuple[str, ...] | None:
+    """The stage module's `PARAMS = (...)`, read without importing it."""
+    for node in ast.parse(entry_file.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PARAMS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return None
+
+
+def entry_module(cmd: str) -> str:
+    words = shlex.split(" ".join(cmd) if isinstance(cmd, list) else cmd)
+    if "-m" not in words:
+        raise ValueError(f"dvc.yaml: cmd {cmd!r} does not run `python -m <module>`")
+    return words[words.index("-m") + 1]
+
+
+def stages(root: Path = ROOT) -> list[Stage]:
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    out = []
+    for name, spec in dvc["stages"].items():
+        entry = entry_module(spec["cmd"])
+        files = import_closure(entry, root)
+        entry_file = module_path(entry, root)
+        if entry_file is None:
+            raise ValueError(f"dvc.yaml: stage {name} runs {entry}, which is not a module of {', '.join(PACKAGES)}")
+        params = spec.get("params") or []
+        out.append(Stage(
+            name=name, entry=entry, code_deps=files,
+            params_reads=params_reads(files, root) - RUNTIME_KNOBS,
+            declared_params=declared_params(entry_file),
+            yaml_deps=[str(d) for d in spec.get("deps") or []],
+            yaml_params=[str(p) for p in params if not isinstance(p, dict)],
+        ))
+    return out
+
+
+def is_code(dep: str) -> bool:
+    return dep.endswith(".py") and dep.split("/")[0] in PACKAGES
+
+
+def covers(declared: str, read: str) -> bool:
+    """Does a dvc.yaml params entry (a section or a dotted key) cover this read?"""
+    return read == declared or read.startswith(declared + ".")
+
+
+def minimal(reads: set[str]) -> list[str]:
+    """The reads without those a shorter one covers (`train` makes `train.seed` redundant)."""
+    return sorted(r for r in reads if not any(covers(o, r) and o != r for o in reads))
+
+
+def main(argv: list[str]) -> int:
+    for stage in stages():
+        if argv and stage.name not in argv:
+            continue
+        print(f"{stage.name}:  # python -m {stage.entry}")
+        print("  deps (code):")
+        print("\n".join(f"    - {f}" for f in stage.code_deps))
+        print(f"  params read (without {', '.join(sorted(RUNTIME_KNOBS))}):")
+        print("\n".join(f"    # {r}" for r in minimal(stage.params_reads)))
+        print(f"  params declared in stages/{stage.name}.py: {list(stage.declared_params or ())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
