@@ -1,211 +1,39 @@
-"""Local response normalisation across channels (§3.3), fast on CPU.
+"""Local response normalisation across channels (§3.3, docs/paper.md): the formula and its dispatch.
 
     b[i] = a[i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[j]^2) ** beta
 
 alpha multiplies the plain sum (the paper's convention), so the paper's layer
 (k=2, n=5, alpha=1e-4, beta=0.75) equals nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2).
 
-Why not nn.LocalResponseNorm: it builds the window sum with avg_pool3d over a padded copy
-and lets autograd keep every intermediate; on a 2-core CPU it costs more than half of the
-paper model's training step. Here the layer is one autograd.Function that works on the
-channels-last view (pixels, channels) in blocks of a few thousand pixels, so the
-intermediates stay in cache and only the input, the output, two saved factors and the
-gradients go through memory. The backward is analytic:
+Three implementations of the same formula:
+- CPU tensors: alexnet/lrn_cpu.py, a blocked kernel with an analytic backward (the fast path
+  that training on a CPU runs).
+- other devices: windowed_local_response_norm, `size` shifted adds in plain tensor ops that a
+  GPU runs well, with autograd's backward (deterministic, unlike nn.LocalResponseNorm's
+  avg_pool3d, whose CUDA backward refuses torch.use_deterministic_algorithms). On CUDA it is
+  compiled by default: eagerly, each of its dozen elementwise ops reads and writes the whole
+  activation and the layer is memory-bound; torch.compile fuses them into a few kernels.
+- reference_local_response_norm: nn.functional.local_response_norm, the "torch" impl, and what
+  the model runs under torch.export (plain ops, any batch size).
 
-    d[i] = k + alpha * S[i],  S[i] = window sum of a^2 around i
-    dL/da[m] = g[m] d[m]^-beta - 2 alpha beta a[m] * sum_{i: m in window(i)} g[i] a[i] d[i]^(-beta-1)
-
-The window is symmetric, so the last sum is the same window sum applied to g * b / d.
-The forward saves d^-beta and b/d (float32); the backward is then a few in-cache
-operations per block. Blocks are shared out over torch's intra-op threads as whole runs
-(one thread each), not parallelised op by op: see _run_rows. Non-CPU tensors take
-windowed_local_response_norm: the same formula in plain tensor ops that a GPU runs well,
-with autograd's backward (deterministic, unlike nn.LocalResponseNorm's avg_pool3d, whose
-CUDA backward refuses torch.use_deterministic_algorithms).
-
-`groups` normalises each contiguous block of channels on its own (one tower's kernels,
-§3.2: the window never crosses from one tower's channels into the other's). Sums
-accumulate in float32 whatever the input dtype (bf16 under autocast); the output has the
-input's dtype. relu=True computes LRN(ReLU(x)) without materialising ReLU(x) (the
-model's conv1 and conv2 are followed by exactly that).
+`groups` normalises each contiguous block of channels on its own (one tower's kernels, §3.2:
+the window never crosses from one tower's channels into the other's). Sums accumulate in
+float32 whatever the input dtype (bf16 under autocast); the output has the input's dtype.
+relu=True computes LRN(ReLU(x)) without materialising ReLU(x): in the paper the normalisation
+follows the ReLU of conv1 and conv2.
 """
 
 from __future__ import annotations
 
-import os
-import threading
+import functools
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-# Pixels per block: 96 channels x 2048 pixels x 4 bytes = 768 KiB per float32 temporary.
-BLOCK_PIXELS = 2048
+from alexnet.lrn_cpu import accumulation_dtype, cpu_local_response_norm
 
-
-def _pixels(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(N, C, H, W) channels-last -> (N*H*W, groups, C/groups) view (no copy)."""
-    n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n * h * w, groups, c // groups)
-
-
-class _Workspace:
-    """Per-call block buffers, reused across blocks so that nothing large is allocated per block."""
-
-    def __init__(self, rows: int, groups: int, channels: int, half: int, dtype: torch.dtype):
-        self.half, self.channels = half, channels
-        # Zero borders of `half` channels on each side of every group: the clipped window.
-        self.padded = torch.zeros(rows, groups, channels + 2 * half, dtype=dtype)
-        self.pairs = torch.empty(rows, groups, channels + 2 * half - 1, dtype=dtype)
-        self.sums = torch.empty(rows, groups, channels, dtype=dtype)
-        self.scratch = torch.empty(rows, groups, channels, dtype=dtype)
-        self.values = torch.empty(rows, groups, channels, dtype=dtype)
-
-    def interior(self, rows: int) -> torch.Tensor:
-        return self.padded[:rows, :, self.half : self.half + self.channels]
-
-    def window_sum(self, rows: int) -> torch.Tensor:
-        """Window sum of what was written into interior(rows), clipped at the group edges."""
-        p, c, h = self.padded[:rows], self.channels, self.half
-        if h == 2:  # n=5: pairs q[j] = p[j] + p[j+1]; S[i] = q[i] + q[i+2] + p[i+4] (three adds, not four)
-            q = torch.add(p[..., :-1], p[..., 1:], out=self.pairs[:rows])
-            s = torch.add(q[..., :c], q[..., 2 : c + 2], out=self.sums[:rows])
-            return s.add_(p[..., 4 : c + 4])
-        s = torch.add(p[..., :c], p[..., 1 : c + 1], out=self.sums[:rows])
-        for j in range(2, 2 * h + 1):
-            s.add_(p[..., j : c + j])
-        return s
-
-
-def _activation(x_block: torch.Tensor, relu: bool, ws: _Workspace, rows: int) -> torch.Tensor:
-    # a (= ReLU(x) when relu) in the accumulation dtype for one block; a read-only view of x
-    # when nothing changes.
-    if x_block.dtype != ws.values.dtype:
-        a = ws.values[:rows].copy_(x_block)
-        return a.clamp_min_(0) if relu else a
-    if relu:
-        return torch.clamp_min(x_block, 0, out=ws.values[:rows])
-    return x_block
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _blocks(first: int, last: int) -> Iterator[tuple[slice, int]]:
-    """(slice, length) of each block of at most BLOCK_PIXELS pixel rows in [first, last)."""
-    for start in range(first, last, BLOCK_PIXELS):
-        stop = min(start + BLOCK_PIXELS, last)
-        yield slice(start, stop), stop - start
-
-
-def _forward_rows(xp, op, sp, rp, first, last, size, alpha, beta, k, relu):
-    """Forward over pixel rows [first, last): out = a d^-beta; saves d^-beta and b / d."""
-    acc = sp.dtype
-    ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
-    for block, rows in _blocks(first, last):
-        a = _activation(xp[block], relu, ws, rows)
-        torch.mul(a, a, out=ws.interior(rows))
-        d = ws.window_sum(rows).mul_(alpha).add_(k)
-        if beta == 0.75:  # d^-0.75 = rsqrt(d sqrt(d)): hardware square roots, not exp(log())
-            s = torch.sqrt(d, out=sp[block]).mul_(d).rsqrt_()
-        else:
-            s = torch.pow(d, -beta, out=sp[block])
-        b = torch.mul(a, s, out=op[block] if op.dtype == acc else ws.scratch[:rows])
-        torch.div(b, d, out=rp[block])
-        if op.dtype != acc:
-            op[block].copy_(b)
-        if relu:
-            # ReLU's gradient, folded into the saved factor. The 0/1 mask goes into a float buffer:
-            # `s.mul_(a > 0)` makes a bool tensor and promotes it, 7x slower (375 vs 52 us a block).
-            s.mul_(torch.gt(a, 0, out=ws.scratch[:rows]))
-
-
-def _backward_rows(xp, gp, ip, sp, rp, first, last, size, alpha, beta, relu):
-    """Backward over pixel rows [first, last): g d^-beta - 2 alpha beta a * window_sum(g b / d)."""
-    acc = sp.dtype
-    ws = _Workspace(min(BLOCK_PIXELS, last - first), xp.shape[1], xp.shape[2], size // 2, acc)
-    for block, rows in _blocks(first, last):
-        g = gp[block]
-        torch.mul(g, rp[block], out=ws.interior(rows))  # g b / d
-        window = ws.window_sum(rows)
-        grad = torch.mul(g, sp[block], out=ip[block] if ip.dtype == acc else ws.scratch[:rows])
-        grad.addcmul_(_activation(xp[block], relu, ws, rows), window, value=-2.0 * alpha * beta)
-        if ip.dtype != acc:
-            ip[block].copy_(grad)
-
-
-# Block-level parallelism: each thread runs its share of the blocks with one intra-op thread,
-# instead of every small op opening its own OpenMP region. On a busy 2-core machine (a data
-# loader, other jobs) per-op regions stall at their barriers and the layer slows down several
-# fold; whole shares of blocks do not. torch ops release the GIL while they compute.
-PARALLEL_BLOCKS = True
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1  # a forked child inherits the pool object but not its threads: it needs its own
-_pool_lock = threading.Lock()
-
-
-def _without_grad(work, first: int, last: int) -> None:
-    with torch.no_grad():  # grad mode is per thread; the caller's forward/backward run without it
-        work(first, last)
-
-
-def _one_intra_op_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_rows(work, rows: int) -> None:
-    """Call work(first, last) on shares of [0, rows), in parallel over torch's intra-op threads."""
-    global _pool, _pool_pid
-    intra_op = torch.get_num_threads()
-    threads = min(intra_op, 8, max(1, rows // BLOCK_PIXELS))
-    if not PARALLEL_BLOCKS or threads == 1:
-        work(0, rows)
-        return
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < threads - 1:
-            _pool = ThreadPoolExecutor(threads - 1, "lrn", initializer=_one_intra_op_thread)
-            _pool_pid = os.getpid()
-    # Shares of whole blocks, the caller's thread taking the first.
-    blocks = -(-rows // BLOCK_PIXELS)
-    bounds = [min(rows, (blocks * i // threads) * BLOCK_PIXELS) for i in range(threads + 1)]
-    torch.set_num_threads(1)
-    try:
-        futures = [_pool.submit(_without_grad, work, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-        work(bounds[0], bounds[1])
-        for f in futures:
-            f.result()
-    finally:
-        torch.set_num_threads(intra_op)
-
-
-class _LRNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, groups, relu):
-        x = x.contiguous(memory_format=torch.channels_last)
-        acc = _accumulation_dtype(x.dtype)
-        out = torch.empty_like(x)
-        scale = torch.empty_like(x, dtype=acc)  # d^-beta (0 where ReLU cut the input)
-        ratio = torch.empty_like(x, dtype=acc)  # b / d = a d^(-beta-1)
-        xp, op, sp, rp = (_pixels(t, groups) for t in (x, out, scale, ratio))
-        _run_rows(lambda i, j: _forward_rows(xp, op, sp, rp, i, j, size, alpha, beta, k, relu), xp.shape[0])
-        ctx.save_for_backward(x, scale, ratio)
-        ctx.args = (size, alpha, beta, groups, relu)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, scale, ratio = ctx.saved_tensors
-        size, alpha, beta, groups, relu = ctx.args
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_in = torch.empty_like(x)
-        xp, gp, ip, sp, rp = (_pixels(t, groups) for t in (x, grad_out, grad_in, scale, ratio))
-        _run_rows(lambda i, j: _backward_rows(xp, gp, ip, sp, rp, i, j, size, alpha, beta, relu), xp.shape[0])
-        return grad_in, None, None, None, None, None, None
+IMPLS = ("fast", "torch")
 
 
 def local_response_norm(
@@ -216,41 +44,28 @@ def local_response_norm(
     k: float = 2.0,
     groups: int = 1,
     relu: bool = False,
+    compile_gpu: bool = True,
 ) -> torch.Tensor:
-    """The paper's LRN over the channels of (N, C, H, W) x; alpha multiplies the plain window sum."""
+    """The paper's LRN over the channels of (N, C, H, W) x, the fast implementation for x's device.
+
+    compile_gpu: on CUDA, run the windowed formula through torch.compile (same numbers).
+    """
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
     if size % 2 != 1:
         raise ValueError(f"size must be odd (a window centred on each channel), got {size}")
-    if x.device.type == "cuda":
-        return _gpu_local_response_norm(x, size, alpha, beta, k, groups, relu)
-    if x.device.type != "cpu":
-        return windowed_local_response_norm(x, size, alpha, beta, k, groups, relu)
-    return _LRNFunction.apply(x, size, alpha, beta, k, groups, relu)
-
-
-# On a GPU the layer is memory-bound: run eagerly, each of its ~12 elementwise ops reads and
-# writes the whole activation, and the paper model's training step halves (5,983 vs 12,028
-# img/s on an H100, batch 128, 224, TF32). torch.compile fuses the windowed formula into a few
-# kernels, forward and backward. Set ALEXNET_LRN_COMPILE=0 to run it eagerly.
-COMPILE_GPU = os.environ.get("ALEXNET_LRN_COMPILE", "1") != "0"
-_compiled = None
-
-
-def _gpu_local_response_norm(x, size, alpha, beta, k, groups, relu):
-    global _compiled, COMPILE_GPU
-    if COMPILE_GPU:
-        if _compiled is None:
-            _compiled = torch.compile(windowed_local_response_norm, fullgraph=True)
-        try:
-            return _compiled(x, size, alpha, beta, k, groups, relu)
-        except Exception as err:  # no Triton, an unsupported GPU: same numbers, eagerly
-            warnings.warn(f"compiled GPU LRN unavailable, running it eagerly ({type(err).__name__}: {err})",
-                          stacklevel=2)
-            COMPILE_GPU = False
+    if x.device.type == "cpu":
+        return cpu_local_response_norm(x, size, alpha, beta, k, groups, relu)
+    if x.device.type == "cuda" and compile_gpu:
+        return _compiled_windowed_lrn()(x, size, alpha, beta, k, groups, relu)
     return windowed_local_response_norm(x, size, alpha, beta, k, groups, relu)
+
+
+@functools.cache
+def _compiled_windowed_lrn():
+    return torch.compile(windowed_local_response_norm, fullgraph=True)
 
 
 def windowed_local_response_norm(
@@ -268,7 +83,7 @@ def windowed_local_response_norm(
     autograd's: slices and zero padding, which are deterministic on CUDA.
     """
     a = torch.relu(x) if relu else x
-    acc = a.to(_accumulation_dtype(a.dtype))
+    acc = a.to(accumulation_dtype(a.dtype))
     n, c, h, w = a.shape
     per_group, half = c // groups, size // 2
     # (N, groups, C/groups, H, W), zero-padded by `half` channels on each side of every group:
@@ -294,7 +109,16 @@ def reference_local_response_norm(
 
 
 class LocalResponseNorm(nn.Module):
-    """§3.3 LRN as a module; impl "fast" (this file) or "torch" (nn.LocalResponseNorm), same formula."""
+    """§3.3 LRN as a layer: b = a / (k + alpha * window sum of a^2) ** beta over `size` channels.
+
+    groups: blocks of channels normalised on their own (the towers held in one tensor).
+    impl: "fast" (the kernel for the input's device) or "torch" (nn.functional.local_response_norm).
+    relu: the layer's input is a convolution's output and the layer applies ReLU first, in the
+    same pass (the paper's conv1 and conv2: ReLU, then the normalisation).
+    compile: on CUDA, torch.compile the windowed formula (False: eagerly, no compile time).
+    Under torch.export the "fast" layer runs the "torch" formula: the CPU kernel's Python loop over
+    pixel blocks would fix the exported graph to one batch size. Same numbers; export serves inference.
+    """
 
     def __init__(
         self,
@@ -304,19 +128,30 @@ class LocalResponseNorm(nn.Module):
         k: float = 2.0,
         groups: int = 1,
         impl: str = "fast",
+        relu: bool = False,
+        compile: bool = True,
     ):
         super().__init__()
-        if impl not in ("fast", "torch"):
-            raise ValueError(f"unknown LRN impl {impl!r}; allowed: fast, torch")
-        self.size, self.alpha, self.beta, self.k, self.groups, self.impl = size, alpha, beta, k, groups, impl
+        if impl not in IMPLS:
+            raise ValueError(f"unknown LRN impl {impl!r}; allowed: {', '.join(IMPLS)}")
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
+        self.impl, self.relu, self.compile = impl, relu, compile
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "fast":
-            return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
-        return reference_local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        if self.impl == "torch" or torch.compiler.is_exporting():
+            x = nn.functional.relu(x) if self.relu else x
+            return reference_local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        if self.compile and x.device.type == "cuda":
+            try:
+                return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups, self.relu)
+            except Exception as err:  # no Triton, an unsupported GPU: same numbers, eagerly from now on
+                warnings.warn(f"compiled GPU LRN unavailable, running it eagerly ({type(err).__name__}: {err})",
+                              stacklevel=2)
+                self.compile = False
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups, self.relu,
+                                   compile_gpu=False)
 
     def extra_repr(self) -> str:
-        return (
-            f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-            f"groups={self.groups}, impl={self.impl}"
-        )
+        relu = "relu=True, " if self.relu else ""
+        return (f"{relu}size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+                f"groups={self.groups}, impl={self.impl}")

@@ -13,7 +13,8 @@ Achieved GFLOP/s count the forward's convolution and matmul FLOPs (FlopCounterMo
 for a training step, against a large matrix product measured in the same run (the ceiling).
 On a GPU every step ends with a synchronize; `paper_two_devices` is the two-tower placement
 on [dev, dev] (the §3.2 split with its cross-device copies, on one card), and the LRN of the
-"fast" variants is the GPU path (windowed sums; see alexnet/lrn.py).
+"fast" variants is the GPU path (windowed sums, compiled; `paper_lrn_eager` runs it eagerly;
+see alexnet/lrn.py).
 The last line is one JSON object with the ratios and throughputs.
 """
 
@@ -80,7 +81,7 @@ def variants(num_classes: int, crop: int, device: str) -> dict[str, tuple[Callab
     def on_device(build):
         return lambda: build().to(device)
 
-    return {
+    table = {
         "paper_fast": (paper(), "fp32"),
         "paper_two_devices": (paper([device, device]), "fp32"),
         "paper_torch_lrn": (paper(lrn_impl="torch"), "fp32"),
@@ -92,6 +93,9 @@ def variants(num_classes: int, crop: int, device: str) -> dict[str, tuple[Callab
         "torchvision_alexnet": (on_device(lambda: torchvision_alexnet(num_classes)), "fp32"),
         "torchvision_alexnet_bf16": (on_device(lambda: torchvision_alexnet(num_classes)), "bf16"),
     }
+    if torch.device(device).type == "cuda":  # model.lrn_compile=false: the GPU LRN run eagerly
+        table["paper_lrn_eager"] = (paper(lrn_compile=False), "fp32")
+    return table
 
 
 def train_flops(model: nn.Module, crop: int, device: str) -> float:
@@ -199,7 +203,7 @@ def main() -> None:
     }
     native_bf16 = ceilings["bfloat16"][1] > 0.5 * ceilings["float32"][1]
     if not native_bf16 and not args.only:
-        # Without native bf16 (AVX-512 BF16 / AMX, GPUs) a bf16 step is ~20x slower than fp32 and would
+        # Without native bf16 (AVX-512 BF16 / AMX, GPUs) a bf16 step is many times slower than fp32 and would
         # take most of the run: say so and leave those variants out unless asked for by name.
         names = [n for n in names if table[n][1] != "bf16"]
         print(
@@ -254,6 +258,7 @@ def main() -> None:
             "two_tower_vs_one_tower": ("paper_fast", "one_tower"),
             "two_devices_vs_one_device": ("paper_two_devices", "paper_fast"),
             "channels_last_vs_nchw": ("paper_fast", "paper_fast_nchw"),
+            "compiled_lrn_vs_eager": ("paper_fast", "paper_lrn_eager"),
         }
         return {
             key: round(statistics.median(tb / ta for ta, tb in zip(per_round[a], per_round[b])), 3)

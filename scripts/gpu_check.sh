@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks in one go, for a machine with a GPU (the README's "CUDA" section):
 #   the CUDA tests (two-tower placement on [cuda:0, cuda:0] vs one device and the CPU, a checkpoint
-#   from the GPU on the CPU, bf16, the GPU LRN, a bf16 member that resumes bit-identically),
+#   from the GPU on the CPU, bf16, the GPU LRN compiled and eager (model.lrn_compile), a bf16 member
+#   that resumes bit-identically),
 #   the model and LRN tests, and the model benchmark on the GPU (TF32 default, then full fp32).
 # Logs go to $OUT (default /tmp/gpu-check). Wheels in .whl/ (pydantic, if the machine lacks it)
 # are installed into /tmp/site first.

@@ -17,7 +17,7 @@ import yaml
 from tiny import build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
-from alexnet.lrn import local_response_norm
+from alexnet.lrn import LocalResponseNorm, local_response_norm
 from alexnet.model import AlexNet, autocast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -37,7 +37,7 @@ def no_tf32():
 def _model(seed=0):
     torch.manual_seed(seed)
     model = AlexNet(num_classes=10, crop_size=99, init="kaiming")
-    model.dropout = 0.0  # the paths draw different dropout masks; everything else must agree
+    model.drop6.p = model.drop7.p = 0.0  # the paths draw different dropout masks; everything else must agree
     return model
 
 
@@ -107,6 +107,23 @@ def test_gpu_lrn_equals_the_cpu_lrn_and_is_deterministic():
         local_response_norm(xd, groups=2, relu=True).sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_compiled_and_eager_gpu_lrn_agree():
+    # model.lrn_compile chooses between them; the choice must not change a result beyond rounding.
+    x = torch.randn(3, 96, 13, 13, device=GPU).mul(30).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 96, 13, 13, device=GPU)
+    results = []
+    for compile in (True, False):
+        layer = LocalResponseNorm(groups=2, relu=True, compile=compile)
+        xd = x.detach().clone().requires_grad_(True)
+        out = layer(xd)
+        out.backward(grad)
+        assert layer.compile == compile, "the compiled LRN fell back to eager mode"
+        results.append((out.detach(), xd.grad))
+    (out_c, grad_c), (out_e, grad_e) = results
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-5, atol=1e-6)
 
 
 def test_member_on_two_gpu_devices_in_bf16_resumes_bit_identical(tmp_path):

@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.lrn import LocalResponseNorm, local_response_norm, windowed_local_response_norm
+from alexnet.lrn import (
+    LocalResponseNorm,
+    local_response_norm,
+    reference_local_response_norm,
+    windowed_local_response_norm,
+)
+from alexnet.lrn_cpu import cpu_local_response_norm
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
@@ -60,15 +66,15 @@ def test_gradcheck_float64(relu, groups):
     )
 
 
-@pytest.mark.parametrize("parallel_blocks", [True, False])
-def test_gradients_match_torch_across_blocks(monkeypatch, parallel_blocks):
-    monkeypatch.setattr("alexnet.lrn.BLOCK_PIXELS", 7)  # several blocks, a ragged last one
-    monkeypatch.setattr("alexnet.lrn.PARALLEL_BLOCKS", parallel_blocks)
+@pytest.mark.parametrize("parallel", [True, False])
+def test_gradients_match_torch_across_blocks(parallel):
     threads = torch.get_num_threads()
     x = activations((3, 16, 5, 5), torch.float32, seed=2).requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
     grad = torch.randn(3, 16, 5, 5)
-    local_response_norm(x, groups=2, relu=True, **PAPER).backward(grad)
+    # Blocks of 7 pixels: several blocks, a ragged last one, shared over the threads when parallel.
+    out = cpu_local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2, relu=True, block_pixels=7, parallel=parallel)
+    out.backward(grad)
     ref = torch.cat([nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(p) for p in torch.relu(x_ref).chunk(2, dim=1)], 1)
     ref.backward(grad)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
@@ -107,11 +113,32 @@ def test_gpu_path_is_the_same_formula(relu, groups):
     assert windowed_local_response_norm(xb, groups=groups, **PAPER).dtype == torch.bfloat16
 
 
-def test_module_impls_agree():
+@pytest.mark.parametrize("relu", [False, True])
+def test_module_impls_agree(relu):
     x = activations((2, 12, 4, 4), torch.float32)
-    fast = LocalResponseNorm(groups=2, impl="fast")(x)
-    ref = LocalResponseNorm(groups=2, impl="torch")(x)
+    fast = LocalResponseNorm(groups=2, impl="fast", relu=relu)(x)
+    ref = LocalResponseNorm(groups=2, impl="torch", relu=relu)(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    expected = loop_lrn(torch.relu(x).double() if relu else x.double(), groups=2)
+    torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_module_under_export_runs_the_formula_at_any_batch_size():
+    # The CPU kernel loops over pixel blocks in Python, which would fix an exported graph to one
+    # batch size; under torch.export the module runs the reference formula instead.
+    layer = LocalResponseNorm(groups=2, relu=True)
+    batch = torch.export.Dim("batch", min=2)
+    exported = torch.export.export(layer, (activations((2, 8, 3, 3)),), dynamic_shapes=({0: batch},))
+    x = activations((5, 8, 3, 3), seed=5)
+    torch.testing.assert_close(exported.module()(x), layer(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer(x), reference_local_response_norm(torch.relu(x), groups=2), rtol=1e-5, atol=1e-6)
+
+
+def test_module_shows_the_papers_constants():
+    assert repr(LocalResponseNorm(groups=2, relu=True)) == (
+        "LocalResponseNorm(relu=True, size=5, alpha=0.0001, beta=0.75, k=2.0, groups=2, impl=fast)"
+    )
 
 
 def test_bad_input_is_refused():

@@ -38,6 +38,14 @@ def images(n=3, crop=67, seed=1):
     return torch.randn(n, 3, crop, crop, generator=torch.Generator().manual_seed(seed))
 
 
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+# The checkpoints' keys, in order, as the model had them before its ReLU, LRN, pooling and dropout
+# became modules: those hold no parameters and must not change a key.
+TWO_TOWER_KEYS = [f"{layer}.{tower}.{p}" for layer in LAYERS for tower in ("tower_a", "tower_b")
+                  for p in ("weight", "bias")] + ["fc8.weight", "fc8.bias"]
+ONE_TOWER_KEYS = [f"{layer}.{p}" for layer in (*LAYERS, "fc8") for p in ("weight", "bias")]
+
+
 def test_parameter_count_is_the_papers():
     assert sum(p.numel() for p in on_meta(num_classes=1000).parameters()) == 60_965_224
 
@@ -53,6 +61,26 @@ def test_state_dict_holds_each_towers_half():
     assert shapes["fc7.tower_b.weight"] == (2048, 4096)
     assert shapes["fc8.weight"] == (1000, 4096)
     assert len(shapes) == 30
+
+
+@pytest.mark.parametrize("towers,keys", [(2, TWO_TOWER_KEYS), (1, ONE_TOWER_KEYS)])
+def test_state_dict_keys_are_the_checkpoints(towers, keys):
+    assert list(on_meta(num_classes=1000, towers=towers).state_dict()) == keys
+    assert len(TWO_TOWER_KEYS) == 30 and TWO_TOWER_KEYS[:2] == ["conv1.tower_a.weight", "conv1.tower_a.bias"]
+
+
+def test_print_shows_figure_2s_layers_in_order():
+    model = on_meta(num_classes=1000)
+    assert [name for name, _ in model.named_children()] == [
+        "conv1", "relu_norm1", "pool1", "conv2", "relu_norm2", "pool2", "conv3", "relu3", "conv4", "relu4",
+        "conv5", "relu5", "pool5", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8",
+    ]
+    text = repr(model)
+    assert "(relu_norm1): LocalResponseNorm(relu=True, size=5, alpha=0.0001, beta=0.75, k=2.0, groups=2" in text
+    assert "(pool1): MaxPool2d(kernel_size=3, stride=2" in text and "(drop6): Dropout(p=0.5" in text
+    assert "(conv3): TowerConv2d(\n    connects=both" in text
+    assert "(relu_norm1): ReLU()" in repr(on_meta(num_classes=1000, lrn=False))
+    assert "(pool5): MaxPool2d(kernel_size=2, stride=2" in repr(on_meta(pooling="non_overlapping"))
 
 
 def test_one_tower_is_full_width():
@@ -87,9 +115,10 @@ def test_crop_too_small_is_refused():
         AlexNet(crop_size=31)
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device_outputs_and_gradients(model, monkeypatch):
     one = model
-    one.dropout = 0.0  # dropout's random masks differ between the paths; everything else must not
+    one.drop6.p = one.drop7.p = 0.0  # dropout's masks differ between the paths; everything else must not
     two = copy.deepcopy(one).place(["cpu", "cpu"])
     transfers = []
     original_to = torch.Tensor.to
@@ -105,6 +134,25 @@ def test_two_devices_equal_one_device_outputs_and_gradients(model, monkeypatch):
     for name, p in one.named_parameters():
         torch.testing.assert_close(grads_two[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     torch.testing.assert_close(two.features_fc7(x), one.features_fc7(x), rtol=1e-5, atol=1e-6)
+
+
+def test_each_device_normalises_the_one_tower_it_holds(model):
+    # On two devices each activation tensor holds one tower: the LRN must not split it again.
+    assert model.relu_norm1.groups == 2
+    model.place(["cpu", "cpu"])
+    assert (model.relu_norm1.groups, model.relu_norm2.groups) == (1, 1)
+    model.place("cpu")
+    assert (model.relu_norm1.groups, model.relu_norm2.groups) == (2, 2)
+
+
+@pytest.mark.slow
+def test_export_takes_any_batch_size_and_equals_the_fast_model(model):
+    model.eval()
+    exported = torch.export.export(model, (images(2),), dynamic_shapes=({0: torch.export.Dim("batch", min=2)},))
+    x = images(5, seed=3) * 50  # large activations: LRN's window matters
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-5)
+    assert model.relu_norm1.impl == "fast"  # exporting left the module as it was
 
 
 def test_checkpoint_round_trips_across_placements(model, tmp_path):
@@ -159,8 +207,8 @@ def test_towers_meet_only_at_conv3_and_the_fc_layers(model, devices):
 
 def test_fast_lrn_equals_torch_lrn_in_the_model(model):
     fast = model.eval()
-    ref = copy.deepcopy(fast)
-    ref.lrn_impl = "torch"
+    ref = small_model(lrn_impl="torch").eval()
+    ref.load_state_dict(fast.state_dict())
     x = images() * 50  # large activations: LRN's window matters
     with torch.no_grad():
         torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-5)
@@ -203,9 +251,10 @@ def test_features_fc7_feed_fc8(model):
 
 
 def test_build_model_from_params():
-    cfg = ModelParams(crop_size=67, init="kaiming", devices=("cpu", "cpu"), lrn_impl="torch")
+    cfg = ModelParams(crop_size=67, init="kaiming", devices=("cpu", "cpu"), lrn_impl="torch", lrn_compile=False)
     model = build_model(cfg, num_classes=7)
     assert model.devices == ("cpu", "cpu")
+    assert (model.relu_norm2.impl, model.relu_norm2.compile) == ("torch", False)
     assert model(images()).shape == (3, 7)
 
 
