@@ -10,6 +10,7 @@ and of the prepared dataset are checked by alexnet/preflight.py, first thing in 
 from __future__ import annotations
 
 import functools
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -229,9 +230,15 @@ def _format_error(err: ValidationError, source: str) -> str:
             allowed = ", ".join(owner.model_fields) if owner else "?"
             msg = f"unknown key; allowed keys{' in ' + section if section else ''}: {allowed}"
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {got!r}"
+        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {_short_repr(got)}"
         lines.append(f"  {key or '<root>'}: {msg}{got_text}")
     return f"{source}: invalid params\n" + "\n".join(lines)
+
+
+# A value shown in an error: YAML aliases can make a small file expand to millions of items.
+_reprs = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+_reprs.maxlevel, _reprs.maxlist, _reprs.maxtuple, _reprs.maxdict, _reprs.maxstring = 2, 4, 4, 4, 60
+_short_repr = _reprs.repr
 
 
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -51,6 +51,8 @@ def read_params_file(path: Path) -> dict[str, Any]:
         raw = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ParamsError(f"{path}: nested too deeply to be params") from None
     finally:
         loader.dispose()
     if raw is None:

@@ -203,3 +203,18 @@ def test_stage_reports_a_binary_params_file_in_one_line(tmp_path, capsys):
     assert main(["--params", str(params), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(params) in err and "not a text file" in err
+
+
+# --- hostile YAML: the loader must answer in one short message, never a traceback ------------
+
+def test_deeply_nested_yaml_is_refused_by_name(tmp_path):
+    msg = file_error(tmp_path, "train:\n  epochs: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert msg.startswith(str(tmp_path / "params.yaml")) and "nested too deeply" in msg
+
+
+def test_an_alias_bomb_gives_a_short_message_naming_the_key(tmp_path):
+    # Each level refers to the one below 9 times: 9**7 integers once expanded.
+    lines = ["  a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    msg = file_error(tmp_path, "anchors:\n" + "\n".join(lines) + "\ntrain:\n  epochs: *a6\n")
+    assert "train.epochs" in msg and "anchors" in msg and len(msg) < 2000
