@@ -201,6 +201,10 @@ def _check_across_sections(params: Params, source: str) -> None:
     if params.data.source == "synthetic" and model.num_classes not in (None, synthetic):
         problems.append(f"model.num_classes: {model.num_classes} contradicts data.synthetic.classes={synthetic} "
                         "(leave it null to take the dataset's count)")
+    train_images = synthetic * params.data.synthetic.train_per_class
+    if params.data.source == "synthetic" and params.train.batch_size > train_images:
+        problems.append(f"train.batch_size: {params.train.batch_size} is larger than the {train_images} train "
+                        "images of data.synthetic (classes x train_per_class); training drops incomplete batches")
     if problems:
         raise ParamsError(f"{source}: invalid params\n" + "\n".join(f"  {p}" for p in problems))
 

@@ -9,10 +9,11 @@ inside training after minutes of work.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from alexnet.config import Params, ParamsError
-from alexnet.layout import CLASSES_FILE
+from alexnet.layout import CLASSES_FILE, DATASET_FILE, TRAIN
 
 
 def check_runtime(params: Params, source: str = "params.yaml") -> None:
@@ -44,14 +45,23 @@ def dataset_classes(prepared_dir: str | Path) -> int:
 
 
 def check_dataset(params: Params, prepared_dir: str | Path, source: str = "params.yaml") -> None:
-    """Refuse a model.num_classes that contradicts the prepared dataset, naming the key and classes.csv."""
+    """Refuse params that contradict the prepared dataset, naming the key and the file.
+
+    model.num_classes against classes.csv; train.batch_size against the indexed train images
+    in dataset.json (training drops an incomplete batch, so a larger batch would run no step).
+    """
     wanted = params.model.num_classes
-    if wanted is None:
-        return
-    found = dataset_classes(prepared_dir)
-    if wanted != found:
+    if wanted is not None and wanted != (found := dataset_classes(prepared_dir)):
         raise ParamsError(f"{source}: model.num_classes: {wanted}, but {Path(prepared_dir) / CLASSES_FILE} has "
                           f"{found} classes (leave model.num_classes null to take the dataset's count)")
+    dataset = Path(prepared_dir) / DATASET_FILE
+    try:
+        images = int(json.loads(dataset.read_text())["splits"][TRAIN]["indexed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable count: prepare's output is checked where it is read
+    if params.train.batch_size > images:
+        raise ParamsError(f"{source}: train.batch_size: {params.train.batch_size} is larger than the {images} "
+                          f"train images in {dataset}; training drops incomplete batches, so no step would run")
 
 
 def check_before_work(params: Params, source: str, prepared_dir: str | Path) -> None:

@@ -218,3 +218,24 @@ def test_an_alias_bomb_gives_a_short_message_naming_the_key(tmp_path):
     lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
     msg = file_error(tmp_path, "anchors:\n" + "\n".join(lines) + "\ntrain:\n  epochs: *a6\n")
     assert "train.epochs" in msg and "anchors" in msg and len(msg) < 2000
+
+
+# --- a batch larger than the training split: no step would run ----------------------------------
+
+def test_batch_larger_than_the_synthetic_train_split_is_refused_by_key():
+    msg = error_of({"data": {"synthetic": {"classes": 2, "train_per_class": 10}}, "train": {"batch_size": 21}})
+    assert "train.batch_size" in msg and "20" in msg
+    parse_params({"data": {"synthetic": {"classes": 2, "train_per_class": 10}}, "train": {"batch_size": 20}})
+
+
+def test_batch_larger_than_a_prepared_train_split_names_the_key_and_the_file(tmp_path):
+    import json
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"splits": {"train": {"found": 9, "indexed": 7,
+                                                                             "reported": 2}}}))
+    (tmp_path / "classes.csv").write_text("label,wnid,name\n0,n01,a\n")
+    folder = {"source": "folder", "root": "images"}
+    with pytest.raises(ParamsError) as err:
+        check_dataset(parse_params({"data": folder, "train": {"batch_size": 8}}), tmp_path, "params.yaml")
+    assert "train.batch_size" in str(err.value) and "7" in str(err.value) and "dataset.json" in str(err.value)
+    check_dataset(parse_params({"data": folder, "train": {"batch_size": 7}}), tmp_path, "params.yaml")
