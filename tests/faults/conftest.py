@@ -3,6 +3,7 @@
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items):
     # One marker for the whole folder: `pytest -m faults` runs the suite alone.
     for item in items:
