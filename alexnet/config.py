@@ -2,26 +2,59 @@
 
 The field defaults are the paper's settings (docs/paper.md); params.yaml holds the
 project's default demo profile, and every place it departs from the paper is a named key.
-Unknown keys, wrong types and impossible values fail before any work, naming the key.
+Unknown keys, wrong types and impossible values fail before any work, naming the key; so do
+duplicate keys, an empty file and a file that is not text (naming the file). Facts of the machine
+and of the prepared dataset are checked by alexnet/preflight.py, first thing in the stages.
 """
 
 from __future__ import annotations
 
+import functools
+import reprlib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-
-class ParamsError(ValueError):
-    """A params file that cannot be used; the message names the key and what is allowed."""
+from alexnet.paramsfile import ParamsError, read_params_file
 
 
 class _Section(BaseModel):
     # frozen: params are facts of a run, never mutated; forbid: a typo is an error, not a no-op.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    # allow_inf_nan=False: an infinite or NaN float (YAML .inf, .nan) is refused in every field.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1, 2.0 as 2 and "0.01" as 0.01. In a params file each
+        # is a slip more often than a wish (members: true), so a number field takes a YAML number:
+        # an int field a whole number written as one (2, not 2.0), a float field any finite number.
+        # Being on the base section, this covers every field, including ones added later.
+        field = cls.model_fields.get(info.field_name or "")
+        kinds = _scalar_kinds(field.annotation) if field else set()
+        if not kinds & {int, float} or type(value) in kinds:
+            return value
+        if isinstance(value, bool):
+            raise ValueError("a boolean where a number is expected")
+        if isinstance(value, float) and float not in kinds:
+            raise ValueError("a whole number is expected")
+        if isinstance(value, str) and str not in kinds:
+            raise ValueError("a number is expected, not a string (remove the quotes)")
+        return value
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field takes: int | None -> {int, NoneType}; Literal[1, 2] -> {int}."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in typing.get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else set()
 
 
 class SyntheticParams(_Section):
@@ -159,11 +192,38 @@ class Params(_Section):
 
 def _check_across_sections(params: Params, source: str) -> None:
     # Checks that span sections live here so the message can name the key, not "<root>".
-    if params.model.crop_size > params.preprocess.stored_size:
-        raise ParamsError(
-            f"{source}: invalid params\n  model.crop_size: {params.model.crop_size} is larger than "
-            f"preprocess.stored_size={params.preprocess.stored_size}; crops are cut from the stored image"
-        )
+    model, problems = params.model, []
+    if model.crop_size > params.preprocess.stored_size:
+        problems.append(f"model.crop_size: {model.crop_size} is larger than preprocess.stored_size="
+                        f"{params.preprocess.stored_size}; crops are cut from the stored image")
+    smallest = _smallest_crop(model.pooling)
+    if model.crop_size < smallest:
+        problems.append(f"model.crop_size: {model.crop_size} is too small for the network to pool; "
+                        f"with model.pooling={model.pooling} it must be at least {smallest}")
+    synthetic = params.data.synthetic.classes
+    if params.data.source == "synthetic" and model.num_classes not in (None, synthetic):
+        problems.append(f"model.num_classes: {model.num_classes} contradicts data.synthetic.classes={synthetic} "
+                        "(leave it null to take the dataset's count)")
+    train_images = synthetic * params.data.synthetic.train_per_class
+    if params.data.source == "synthetic" and params.train.batch_size > train_images:
+        problems.append(f"train.batch_size: {params.train.batch_size} is larger than the {train_images} train "
+                        "images of data.synthetic (classes x train_per_class); training drops incomplete batches")
+    if problems:
+        raise ParamsError(f"{source}: invalid params\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@functools.cache
+def _smallest_crop(pooling: str) -> int:
+    """The smallest crop side the network can pool down to a non-empty pool5 (alexnet.model decides)."""
+    from alexnet.model import pooled_size  # torch: imported only when params are checked
+
+    side = 1
+    while True:
+        try:
+            pooled_size(side, pooling)
+            return side
+        except ValueError:
+            side += 1
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -177,9 +237,15 @@ def _format_error(err: ValidationError, source: str) -> str:
             allowed = ", ".join(owner.model_fields) if owner else "?"
             msg = f"unknown key; allowed keys{' in ' + section if section else ''}: {allowed}"
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {got!r}"
+        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {_short_repr(got)}"
         lines.append(f"  {key or '<root>'}: {msg}{got_text}")
     return f"{source}: invalid params\n" + "\n".join(lines)
+
+
+# A value shown in an error: YAML aliases can make a small file expand to millions of items.
+_reprs = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+_reprs.maxlevel, _reprs.maxlist, _reprs.maxtuple, _reprs.maxdict, _reprs.maxstring = 2, 4, 4, 4, 60
+_short_repr = _reprs.repr
 
 
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -206,15 +272,7 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate params.yaml (the one source of settings)."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return parse_params(raw, str(path))
+    return parse_params(read_params_file(path), str(path))
 
 
 def flatten_mapping(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

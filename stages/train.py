@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from alexnet.config import load_params
+from alexnet.preflight import check_before_work
 from alexnet.shards import ShardsError
 from alexnet.tracking import TrackingUnavailable
 from stages import run_stage
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def work() -> None:
-        load_params(args.params)  # bad params fail here, before Prefect's server starts
+        check_before_work(load_params(args.params), args.params, args.prepared)  # before Prefect's server starts
         from flows.train_ensemble import train_ensemble
 
         train_ensemble(params_path=args.params, prepared=args.prepared, shards=args.shards, models=args.models,

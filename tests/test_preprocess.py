@@ -160,10 +160,11 @@ def test_sigkill_mid_run_then_rerun_completes(tiny_prepared, reference, tmp_path
 
 def test_stage_entry_point(tiny_prepared, tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    params.write_text("preprocess:\n  stored_size: 40\n  shard_size: 8\n  workers: 1\nmodel:\n  crop_size: 32\n")
+    # crop 64: the smallest the network pools is 63 (config refuses less)
+    params.write_text("preprocess:\n  stored_size: 64\n  shard_size: 8\n  workers: 1\nmodel:\n  crop_size: 64\n")
     assert preprocess_main(["--params", str(params), "--prepared", str(tiny_prepared),
                             "--out", str(tmp_path / "s")]) == 0
-    assert ShardSet(tmp_path / "s", "val").read(np.arange(2)).shape == (2, 40, 40, 3)
+    assert ShardSet(tmp_path / "s", "val").read(np.arange(2)).shape == (2, 64, 64, 3)
     assert preprocess_main(["--params", str(params), "--prepared", str(tmp_path / "nothing"),
                             "--out", str(tmp_path / "s2")]) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
