@@ -16,7 +16,7 @@ CUDA devices are exclusive: a pool lists each at most once, so no two members sh
 CPU is not: `cpu` may repeat, and each entry is a *slot* that one tower of one member takes.
 `[cpu, cpu]` is one replica's two towers on the CPU, `[cpu, cpu, cpu, cpu]` two such members
 side by side (they then share the CPU's cores; the pool only says how many run at once). Both
-towers on one GPU (`[cuda:0, cuda:0]`, 1.30x one device on an H200) is a one-device group: take
+towers on one GPU (`[cuda:0, cuda:0]`, faster than one device on a large GPU) is a one-device group: take
 groups of 1 from the pool and place the member's towers on [g, g].
 """
 
