@@ -5,7 +5,8 @@
     python benchmarks/scaling.py --gpu-img-per-s 5983     # project from another GPU's step (H100 run)
 
 Measured here, with the project's two-tower AlexNet (alexnet.model.AlexNet, one device per replica):
-- one process, all cores, global batch B: the baseline, timed before and after the ranks run;
+- one process, global batch B, on all the cores and on a rank's share of them (round-robin), and
+  again on all the cores after the ranks ran (drift);
 - 2 ranks (torch.multiprocessing spawn, gloo, DDP(device_ids=None)), B/2 images each, cores split
   between them: a synced step (forward, backward with DDP's bucketed all-reduce, SGD step), the
   same step under no_sync() (compute alone: no gradient traffic), and a synced step with DDP's
@@ -97,9 +98,9 @@ def median_step_s(step, warmup: int, steps: int, barrier: bool = False) -> float
     return statistics.median(times)
 
 
-def single_process(args: argparse.Namespace, rounds: int) -> list[float]:
-    """Per-round median step seconds of one process at the global batch on all the cores."""
-    torch.set_num_threads(args.threads)
+def single_process(args: argparse.Namespace, rounds: int, threads: int) -> list[float]:
+    """Per-round median step seconds of one process at the global batch with `threads` threads."""
+    torch.set_num_threads(threads)
     model = build(args.classes, args.crop).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x, y = batch(args.batch, args.crop, args.classes)
@@ -213,17 +214,25 @@ def main() -> None:
 
     bench_numel = gradient_numel(args.classes, args.crop)
     paper_numel = gradient_numel(args.paper_classes, 224)
-    before = single_process(args, args.repeats)
+    # The baseline with all the cores, and with a rank's share of them: on an oversubscribed machine
+    # an op split over threads waits for its slowest thread, so fewer threads can be faster.
+    rank_threads = max(1, args.threads // args.world)
+    before, before_rank_threads = [], []
+    for _ in range(args.repeats):
+        before += single_process(args, 1, args.threads)
+        before_rank_threads += single_process(args, 1, rank_threads)
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(rank_main, args=(args.world, free_port(), args, out_dir), nprocs=args.world, join=True)
         ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(args.world)]
-    after = single_process(args, 1)  # drift check: the baseline again after the ranks
+    after = single_process(args, 1, args.threads)  # drift check: the baseline again after the ranks
 
     # A step ends when the slowest rank ends: the max over ranks of each round's median.
     per_round = {k: [max(r[k][i] for r in ranks) for i in range(args.repeats)] for k in ranks[0]}
     med = {k: statistics.median(v) for k, v in per_round.items()}
     one_s = statistics.median(before + after)
     ratio_steps = statistics.median(b / s for b, s in zip(before, per_round["synced_fp32"]))
+    ratio_rank_threads = statistics.median(b / s for b, s in zip(before_rank_threads, per_round["synced_fp32"]))
+    one_rank_threads_s = statistics.median(before_rank_threads)
     bf16_ratio = statistics.median(f / b for f, b in zip(per_round["synced_fp32"], per_round["synced_bf16"]))
     wire = 2 * (args.world - 1) / args.world  # bytes a ring all-reduce sends per byte of payload, per rank
     bytes_step = {"fp32": 4 * bench_numel, "bf16": 2 * bench_numel}
@@ -237,13 +246,16 @@ def main() -> None:
           f"{bytes_step['bf16'] / 1e6:.0f} MB bf16 per step per rank (a ring sends {wire:.2f}x that per rank)")
     print(f"one process, batch {args.batch}: {one_s * 1e3:8.1f} ms/step  {args.batch / one_s:7.1f} img/s "
           f"(rounds before {[round(t * 1e3) for t in before]} ms, after {round(after[0] * 1e3)} ms)")
+    print(f"one process, {rank_threads} thread(s):  {one_rank_threads_s * 1e3:8.1f} ms/step  "
+          f"{args.batch / one_rank_threads_s:7.1f} img/s (a rank's share of the cores)")
     for key, label in (("synced_fp32", "2 ranks, DDP fp32"), ("synced_bf16", "2 ranks, DDP + bf16 hook"),
                        ("no_sync", "2 ranks, no_sync (compute)")):
         print(f"{label:27s}: {med[key] * 1e3:8.1f} ms/step  {args.batch / med[key]:7.1f} img/s")
     exposed = {p: med[f"synced_{p}"] - med["no_sync"] for p in ("fp32", "bf16")}
     print(f"exposed all-reduce per step: fp32 {exposed['fp32'] * 1e3:.1f} ms, bf16 {exposed['bf16'] * 1e3:.1f} ms; "
           f"the same gradient all-reduced alone {bench_ar_s * 1e3:.1f} ms (fp32)")
-    print(f"2 ranks vs one process (paired by round): {ratio_steps:.2f}x; bf16 hook vs fp32 step: {bf16_ratio:.2f}x")
+    print(f"2 ranks vs one process (paired by round): {ratio_steps:.2f}x with {args.threads} threads, "
+          f"{ratio_rank_threads:.2f}x with {rank_threads}; bf16 hook vs fp32 step: {bf16_ratio:.2f}x")
     print(f"all_reduce of the paper gradient ({paper_numel / 1e6:.1f}M parameters) over {args.world} gloo ranks:")
     for p in ("fp32", "bf16"):
         print(f"  {p}: {paper_bytes[p] / 1e6:6.1f} MB in {med[f'allreduce_{p}'] * 1e3:7.1f} ms: "
@@ -267,7 +279,9 @@ def main() -> None:
         "one_process_img_s": round(args.batch / one_s, 2),
         "two_ranks_img_s_fp32": round(args.batch / med["synced_fp32"], 2),
         "two_ranks_img_s_bf16": round(args.batch / med["synced_bf16"], 2),
+        "one_process_rank_threads_img_s": round(args.batch / one_rank_threads_s, 2),
         "two_ranks_vs_one_process": round(ratio_steps, 3),
+        "two_ranks_vs_one_process_rank_threads": round(ratio_rank_threads, 3),
         "bf16_hook_vs_fp32_step": round(bf16_ratio, 3),
         "step_ms": {k: round(v * 1e3, 2) for k, v in med.items() if not k.startswith("allreduce")},
         "exposed_allreduce_ms": {k: round(v * 1e3, 2) for k, v in exposed.items()},
