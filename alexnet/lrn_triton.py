@@ -66,21 +66,20 @@ def triton_available(x: torch.Tensor) -> bool:
 
 def _lrn_forward_kernel(
     x_ptr, out_ptr,
-    pixels, hw, width, per_group,
-    sxn, sxc, sxh, sxw, son, soc, soh, sow,
+    hw, per_group,
+    sxn, sxc, sxp, son, soc, sop,
     alpha, beta, k,
     HALF: tl.constexpr, RELU: tl.constexpr, BETA_075: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    # Program (pixel block, group): a (BLOCK_P, BLOCK_C) tile of pixels x the group's channels.
+    # Program (pixel block, image, group): a (BLOCK_P, BLOCK_C) tile of one image's pixels x the
+    # group's channels. s*n, s*c, s*p: strides of image, channel, pixel (h * W + w).
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.arange(0, BLOCK_C)
-    mask = (p < pixels)[:, None] & (c < per_group)[None, :]
-    n = (p // hw).to(tl.int64)
-    h = (p % hw) // width
-    w = p % width
-    channel = (tl.program_id(1) * per_group + c).to(tl.int64)
-    x = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + (channel * sxc)[None, :], mask=mask, other=0.0)
+    mask = (p < hw)[:, None] & (c < per_group)[None, :]
+    image = tl.program_id(1).to(tl.int64)
+    channel = (tl.program_id(2) * per_group + c).to(tl.int64)[None, :]
+    x = tl.load(x_ptr + image * sxn + (p * sxp)[:, None] + channel * sxc, mask=mask, other=0.0)
     a = x.to(ACC)
     if RELU:
         a = tl.maximum(a, 0.0)
@@ -94,8 +93,9 @@ def _lrn_forward_kernel(
             idx = tl.broadcast_to(tl.minimum(tl.maximum(src, 0), BLOCK_C - 1)[None, :], (BLOCK_P, BLOCK_C))
             s += tl.where(inside[None, :], tl.gather(sq, idx, axis=1), 0.0)
     d = k + alpha * s
-    if BETA_075:  # d^-0.75 = rsqrt(d sqrt(d)): two hardware square roots, not exp2(log2())
-        scale = tl.math.rsqrt(d * tl.sqrt(d))
+    if BETA_075:  # d^-0.75 = d^-0.5 d^-0.25: two hardware square roots, not exp2(log2())
+        r = tl.math.rsqrt(d)
+        scale = r * tl.sqrt(r)
     else:
         scale = tl.exp2(-beta * tl.log2(d))
     b = a * scale
@@ -106,26 +106,24 @@ def _lrn_forward_kernel(
         bits = b.to(tl.uint32, bitcast=True)
         bits += 0x7FFF + ((bits >> 16) & 1)
         b = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    tl.store(out_ptr + (n * son + h * soh + w * sow)[:, None] + (channel * soc)[None, :], b, mask=mask)
+    tl.store(out_ptr + image * son + (p * sop)[:, None] + channel * soc, b, mask=mask)
 
 
 def _lrn_backward_kernel(
     x_ptr, g_ptr, dx_ptr,
-    pixels, hw, width, per_group,
-    sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
+    hw, per_group,
+    sxn, sxc, sxp, sgn, sgc, sgp, sdn, sdc, sdp,
     alpha, beta, k,
     HALF: tl.constexpr, RELU: tl.constexpr, BETA_075: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.arange(0, BLOCK_C)
-    mask = (p < pixels)[:, None] & (c < per_group)[None, :]
-    n = (p // hw).to(tl.int64)
-    h = (p % hw) // width
-    w = p % width
-    channel = ((tl.program_id(1) * per_group + c).to(tl.int64))[None, :]
-    x = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + channel * sxc, mask=mask, other=0.0).to(ACC)
-    g = tl.load(g_ptr + (n * sgn + h * sgh + w * sgw)[:, None] + channel * sgc, mask=mask, other=0.0).to(ACC)
+    mask = (p < hw)[:, None] & (c < per_group)[None, :]
+    image = tl.program_id(1).to(tl.int64)
+    channel = (tl.program_id(2) * per_group + c).to(tl.int64)[None, :]
+    x = tl.load(x_ptr + image * sxn + (p * sxp)[:, None] + channel * sxc, mask=mask, other=0.0).to(ACC)
+    g = tl.load(g_ptr + image * sgn + (p * sgp)[:, None] + channel * sgc, mask=mask, other=0.0).to(ACC)
     a = x
     if RELU:
         a = tl.maximum(x, 0.0)
@@ -139,12 +137,17 @@ def _lrn_backward_kernel(
             idx = tl.broadcast_to(tl.minimum(tl.maximum(src, 0), BLOCK_C - 1)[None, :], (BLOCK_P, BLOCK_C))
             s += tl.where(inside[None, :], tl.gather(sq, idx, axis=1), 0.0)
     d = k + alpha * s
+    # d^-beta and d^(-beta-1) without a division (a float32 division is a dozen instructions)
     if BETA_075:
-        scale = tl.math.rsqrt(d * tl.sqrt(d))
+        r = tl.math.rsqrt(d)
+        scale = r * tl.sqrt(r)
+        scale_over_d = scale * (r * r)
     else:
-        scale = tl.exp2(-beta * tl.log2(d))
+        log_d = tl.log2(d)
+        scale = tl.exp2(-beta * log_d)
+        scale_over_d = tl.exp2((-beta - 1.0) * log_d)
     # t[i] = g[i] a[i] d[i]^(-beta-1) = g b / d, then its window sum around every channel.
-    t = g * a * scale / d
+    t = g * a * scale_over_d
     ts = t
     for j in tl.static_range(1, HALF + 1):
         for shift in tl.static_range(-1, 2, 2):
@@ -159,7 +162,7 @@ def _lrn_backward_kernel(
         bits = dx.to(tl.uint32, bitcast=True)
         bits += 0x7FFF + ((bits >> 16) & 1)
         dx = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    tl.store(dx_ptr + (n * sdn + h * sdh + w * sdw)[:, None] + channel * sdc, dx, mask=mask)
+    tl.store(dx_ptr + image * sdn + (p * sdp)[:, None] + channel * sdc, dx, mask=mask)
 
 
 _kernels: dict[bool, tuple] = {}
@@ -174,30 +177,48 @@ def _jitted(interpret: bool) -> tuple:
     return _kernels[interpret]
 
 
-def _accumulation(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(image, channel, pixel) strides when pixel h * W + w sits at h * W * s + w * s, else None."""
+    n, c, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    if w == 1:
+        return sn, sc, sh
+    if h == 1 or sh == w * sw:
+        return sn, sc, sw
+    return None
 
 
-def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
+def _flat(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """t and its (image, channel, pixel) strides; a channels_last copy when its pixels do not line up."""
+    strides = _pixel_strides(t)
+    if strides is None:
+        t = t.contiguous(memory_format=torch.channels_last)
+        strides = _pixel_strides(t)
+    return t, strides
+
+
+def _launch(kernel, x, tensors, strides, size, alpha, beta, k, groups, relu):
+    """kernel over x's shape: one program per (block of pixels, image, group); strides per tensor."""
     n, c, h, w = x.shape
     per_group = c // groups
     block_c = triton.next_power_of_2(per_group)
-    block_p = max(1, min(triton.next_power_of_2(n * h * w), TILE_ELEMENTS // block_c))
-    return (triton.cdiv(n * h * w, block_p), groups), dict(BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
+    block_p = max(1, min(triton.next_power_of_2(h * w), TILE_ELEMENTS // block_c))
+    grid = (triton.cdiv(h * w, block_p), n, groups)
+    kernel[grid](
+        *tensors, h * w, per_group, *(s for triple in strides for s in triple), alpha, beta, k,
+        HALF=size // 2, RELU=relu, BETA_075=beta == 0.75, ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
+    )  # fmt: skip
 
 
 class _TritonLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k, groups, relu):
-        n, c, h, w = x.shape
+        x, x_strides = _flat(x)
         out = torch.empty_like(x)  # x's memory format (channels_last stays channels_last)
         if x.numel():
             forward_kernel, _ = _jitted(x.device.type != "cuda" or _interpreting())
-            grid, blocks = _launch_shape(x, groups)
-            forward_kernel[grid](
-                x, out, n * h * w, h * w, w, c // groups, *x.stride(), *out.stride(), alpha, beta, k,
-                HALF=size // 2, RELU=relu, BETA_075=beta == 0.75, ACC=_accumulation(x.dtype), **blocks,
-            )  # fmt: skip
+            _launch(forward_kernel, x, [x, out], [x_strides, _pixel_strides(out)], size, alpha, beta, k, groups, relu)
         ctx.save_for_backward(x)
         ctx.args = (size, alpha, beta, k, groups, relu)
         return out
@@ -207,16 +228,12 @@ class _TritonLRN(torch.autograd.Function):
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         size, alpha, beta, k, groups, relu = ctx.args
-        n, c, h, w = x.shape
+        grad_out, g_strides = _flat(grad_out)
         grad_in = torch.empty_like(x)
         if x.numel():
             _, backward_kernel = _jitted(x.device.type != "cuda" or _interpreting())
-            grid, blocks = _launch_shape(x, groups)
-            backward_kernel[grid](
-                x, grad_out, grad_in, n * h * w, h * w, w, c // groups,
-                *x.stride(), *grad_out.stride(), *grad_in.stride(), alpha, beta, k,
-                HALF=size // 2, RELU=relu, BETA_075=beta == 0.75, ACC=_accumulation(x.dtype), **blocks,
-            )  # fmt: skip
+            strides = [_pixel_strides(x), g_strides, _pixel_strides(grad_in)]
+            _launch(backward_kernel, x, [x, grad_out, grad_in], strides, size, alpha, beta, k, groups, relu)
         return grad_in, None, None, None, None, None, None
 
 
