@@ -31,8 +31,6 @@ that imported this module before setting the variable still gets the mode it ask
 # imports without Triton; triton_available() then says False.
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -45,13 +43,13 @@ except ImportError:  # the CPU-only install: callers fall back to alexnet.lrn
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # Elements per program (pixels x the group's channels, padded to a power of two) and warps per
 # program: 8 elements a thread per tile. Compiled for sm_90 this keeps the backward under 80
-# registers a thread, with no spills (twice the tile spills it); tune on a GPU, not here.
+# registers a thread, with no spills; tune on a GPU, not here.
 TILE_ELEMENTS = 2048
 NUM_WARPS = 8
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return triton is not None and bool(triton.knobs.runtime.interpret)  # TRITON_INTERPRET, read now
 
 
 def triton_available(x: torch.Tensor) -> bool:

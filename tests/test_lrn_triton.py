@@ -110,19 +110,27 @@ def test_float32_forward_and_gradient_match_the_formula(device, shape, groups, r
         assert (dx[x <= 0] == 0).all()  # ReLU's gradient, fused
 
 
-@pytest.mark.parametrize("shape, groups, relu", [((3, 13, 5, 7), 1, False), ((1, 96, 5, 7), 2, True)])
-def test_bfloat16_is_the_float32_result_rounded(device, shape, groups, relu):
-    """bf16 in, bf16 out, float32 inside: within bf16 rounding (8 bits) of the float64 formula."""
-    x = activations(shape, torch.bfloat16, device=device)
-    grad_out = (activations(shape, seed=1, device=device) / 30).to(torch.bfloat16)
+@pytest.mark.parametrize(
+    "dtype, shape, groups, relu",
+    [
+        (torch.bfloat16, (3, 13, 5, 7), 1, False),
+        (torch.bfloat16, (1, 96, 5, 7), 2, True),
+        (torch.float16, (1, 96, 5, 7), 2, True),
+    ],
+)
+def test_half_precision_is_the_formula_rounded_to_nearest(device, dtype, shape, groups, relu):
+    """bf16/fp16 in and out, float32 inside: the float64 formula of the same (upcast) inputs,
+    rounded to nearest; only values within float32 error of a rounding boundary may land one
+    ulp off (a truncating conversion would put about half of them one ulp off)."""
+    x = activations(shape, dtype, device=device)
+    grad_out = (activations(shape, seed=1, device=device) / 30).to(dtype)
     y, dx = forward_and_gradient(fused(groups, relu), x, grad_out)
-    assert y.dtype == dx.dtype == torch.bfloat16
-    # The reference sees the same bf16 values, upcast: only the output rounding differs.
+    assert y.dtype == dx.dtype == dtype
     want_y, want_dx = forward_and_gradient(formula(groups, relu), x.double(), grad_out.double())
-    torch.testing.assert_close(y.double(), want_y, rtol=2**-8, atol=1e-3)
-    torch.testing.assert_close(dx.double(), want_dx, rtol=2**-8, atol=1e-3)
-    # and not a float32-accurate answer that happens to pass: the output really is bf16-rounded
-    assert (y.double() - want_y).abs().max() > 0
+    ulp = torch.finfo(dtype).eps  # relative spacing: one ulp at most
+    for got, want in ((y, want_y), (dx, want_dx)):
+        torch.testing.assert_close(got.double(), want, rtol=ulp, atol=1e-5)
+        assert (got == want.to(dtype)).double().mean() > 0.99
 
 
 @pytest.mark.parametrize("groups, relu", [(1, False), (2, True)])
