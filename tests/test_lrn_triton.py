@@ -110,6 +110,20 @@ def test_float32_forward_and_gradient_match_the_formula(device, shape, groups, r
         assert (dx[x <= 0] == 0).all()  # ReLU's gradient, fused
 
 
+def test_same_layer_as_the_models_cpu_path(monkeypatch):
+    """The model's call (conv1's towers: 96 channels in 2 groups, fused ReLU, channels_last) gives
+    what alexnet.lrn's CPU layer gives, forward and gradient: the two are one layer."""
+    from alexnet.lrn import local_response_norm
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = activations((2, 96, 5, 7))
+    grad_out = activations((2, 96, 5, 7), seed=1) / 30
+    y, dx = forward_and_gradient(fused(2, relu=True), x, grad_out)
+    cpu_y, cpu_dx = forward_and_gradient(lambda t: local_response_norm(t, groups=2, relu=True, **PAPER), x, grad_out)
+    torch.testing.assert_close(y, cpu_y, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(dx, cpu_dx, rtol=2e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "dtype, shape, groups, relu",
     [
