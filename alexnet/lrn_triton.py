@@ -31,6 +31,8 @@ that imported this module before setting the variable still gets the mode it ask
 # imports without Triton; triton_available() then says False.
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -202,11 +204,14 @@ def _launch(kernel, x, tensors, strides, size, alpha, beta, k, groups, relu):
     block_c = triton.next_power_of_2(per_group)
     block_p = max(1, min(triton.next_power_of_2(h * w), TILE_ELEMENTS // block_c))
     grid = (triton.cdiv(h * w, block_p), n, groups)
-    kernel[grid](
-        *tensors, h * w, per_group, *(s for triple in strides for s in triple), alpha, beta, k,
-        HALF=size // 2, RELU=relu, BETA_075=beta == 0.75, ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    accumulate = tl.float64 if x.dtype == torch.float64 else tl.float32
+    # Triton launches on the current CUDA device: make it x's (a tensor on cuda:1 while cuda:0 is current).
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[grid](
+            *tensors, h * w, per_group, *(s for triple in strides for s in triple), alpha, beta, k,
+            HALF=size // 2, RELU=relu, BETA_075=beta == 0.75, ACC=accumulate,
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
+        )  # fmt: skip
 
 
 class _TritonLRN(torch.autograd.Function):
