@@ -94,7 +94,10 @@ def _lrn_forward_kernel(
             s += tl.where(inside[None, :], tl.gather(sq, idx, axis=1), 0.0)
     d = k + alpha * s
     if BETA_075:  # d^-0.75 = d^-0.5 d^-0.25: two hardware square roots, not exp2(log2())
-        r = tl.math.rsqrt(d)
+        if ACC == tl.float64:  # the GPU's float64 rsqrt is approximate; its sqrt and division are exact
+            r = 1.0 / tl.sqrt(d)
+        else:
+            r = tl.math.rsqrt(d)
         scale = r * tl.sqrt(r)
     else:
         scale = tl.exp2(-beta * tl.log2(d))
@@ -139,7 +142,10 @@ def _lrn_backward_kernel(
     d = k + alpha * s
     # d^-beta and d^(-beta-1) without a division (a float32 division is a dozen instructions)
     if BETA_075:
-        r = tl.math.rsqrt(d)
+        if ACC == tl.float64:
+            r = 1.0 / tl.sqrt(d)
+        else:
+            r = tl.math.rsqrt(d)
         scale = r * tl.sqrt(r)
         scale_over_d = scale * (r * r)
     else:
