@@ -103,9 +103,10 @@ class ModelParams(_Section):
     towers: Literal[1, 2] = 2  # §3.2: two towers, half of the kernels each
     lrn: bool = True  # §3.3
     lrn_impl: Literal["fast", "torch"] = "fast"  # same formula; "torch" is nn.LocalResponseNorm
-    # CUDA only: torch.compile the LRN's formula into a few fused kernels (same numbers). False runs it
-    # eagerly: no compile time on the first step, a slower step after.
-    lrn_compile: bool = True
+    # CUDA only, how the "fast" LRN runs there: "triton" one fused kernel pass forward and one backward
+    # (alexnet/lrn_triton.py), "compiled" the windowed formula through torch.compile, "eager" that
+    # formula op by op (no compile time). Each falls back to the next when it cannot run.
+    lrn_gpu: Literal["triton", "compiled", "eager"] = "triton"
     pooling: Literal["overlapping", "non_overlapping"] = "overlapping"  # §3.4: 3/2 vs 2/2
     # None: the number of classes in the prepared dataset.
     num_classes: int | None = Field(None, ge=2)

@@ -5,10 +5,12 @@
 alpha multiplies the plain sum (the paper's convention), so the paper's layer
 (k=2, n=5, alpha=1e-4, beta=0.75) equals nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2).
 
-Three implementations of the same formula:
+Four implementations of the same formula:
 - CPU tensors: alexnet/lrn_cpu.py, a blocked kernel with an analytic backward (the fast path
   that training on a CPU runs).
-- other devices: windowed_local_response_norm, `size` shifted adds in plain tensor ops that a
+- CUDA tensors, where Triton runs: alexnet/lrn_triton.py, one fused kernel pass forward and one
+  backward, the window kept in registers (the layer is memory-bound, so passes are the cost).
+- other devices, and CUDA without Triton: windowed_local_response_norm, `size` shifted adds in plain tensor ops that a
   GPU runs well, with autograd's backward (deterministic, unlike nn.LocalResponseNorm's
   avg_pool3d, whose CUDA backward refuses torch.use_deterministic_algorithms). On CUDA it is
   compiled by default: eagerly, each of its dozen elementwise ops reads and writes the whole
@@ -32,8 +34,11 @@ import torch
 from torch import nn
 
 from alexnet.lrn_cpu import accumulation_dtype, cpu_local_response_norm
+from alexnet.lrn_triton import triton_available, triton_local_response_norm
 
 IMPLS = ("fast", "torch")
+# How the fast layer runs on CUDA, best first; a layer that cannot run one moves to the next.
+GPU_KERNELS = ("triton", "compiled", "eager")
 
 
 def local_response_norm(
@@ -44,11 +49,12 @@ def local_response_norm(
     k: float = 2.0,
     groups: int = 1,
     relu: bool = False,
-    compile_gpu: bool = True,
+    gpu: str = "triton",
 ) -> torch.Tensor:
     """The paper's LRN over the channels of (N, C, H, W) x, the fast implementation for x's device.
 
-    compile_gpu: on CUDA, run the windowed formula through torch.compile (same numbers).
+    gpu: on CUDA, "triton" (the fused kernels), "compiled" (the windowed formula through
+    torch.compile) or "eager" (that formula op by op); the same numbers up to rounding.
     """
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
@@ -56,9 +62,14 @@ def local_response_norm(
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
     if size % 2 != 1:
         raise ValueError(f"size must be odd (a window centred on each channel), got {size}")
+    if gpu not in GPU_KERNELS:
+        raise ValueError(f"unknown GPU LRN kernel {gpu!r}; allowed: {', '.join(GPU_KERNELS)}")
     if x.device.type == "cpu":
         return cpu_local_response_norm(x, size, alpha, beta, k, groups, relu)
-    if x.device.type == "cuda" and compile_gpu:
+    # Under a whole-model torch.compile, inductor fuses the windowed formula with its neighbours.
+    if x.device.type == "cuda" and gpu == "triton" and triton_available(x) and not torch.compiler.is_compiling():
+        return triton_local_response_norm(x, size, alpha, beta, k, groups, relu)
+    if x.device.type == "cuda" and gpu in ("triton", "compiled"):
         return _compiled_windowed_lrn()(x, size, alpha, beta, k, groups, relu)
     return windowed_local_response_norm(x, size, alpha, beta, k, groups, relu)
 
@@ -115,7 +126,7 @@ class LocalResponseNorm(nn.Module):
     impl: "fast" (the kernel for the input's device) or "torch" (nn.functional.local_response_norm).
     relu: the layer's input is a convolution's output and the layer applies ReLU first, in the
     same pass (the paper's conv1 and conv2: ReLU, then the normalisation).
-    compile: on CUDA, torch.compile the windowed formula (False: eagerly, no compile time).
+    gpu: how it runs on CUDA, one of GPU_KERNELS; a kernel that fails is dropped for the next one.
     Under torch.export the "fast" layer runs the "torch" formula: the CPU kernel's Python loop over
     pixel blocks would fix the exported graph to one batch size. Same numbers; export serves inference.
     """
@@ -129,27 +140,31 @@ class LocalResponseNorm(nn.Module):
         groups: int = 1,
         impl: str = "fast",
         relu: bool = False,
-        compile: bool = True,
+        gpu: str = "triton",
     ):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"unknown LRN impl {impl!r}; allowed: {', '.join(IMPLS)}")
+        if gpu not in GPU_KERNELS:
+            raise ValueError(f"unknown GPU LRN kernel {gpu!r}; allowed: {', '.join(GPU_KERNELS)}")
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
-        self.impl, self.relu, self.compile = impl, relu, compile
+        self.impl, self.relu, self.gpu = impl, relu, gpu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "torch" or torch.compiler.is_exporting():
             x = nn.functional.relu(x) if self.relu else x
             return reference_local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
-        if self.compile and x.device.type == "cuda":
+        while x.device.type == "cuda" and self.gpu != "eager":
             try:
-                return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups, self.relu)
-            except Exception as err:  # no Triton, an unsupported GPU: same numbers, eagerly from now on
-                warnings.warn(f"compiled GPU LRN unavailable, running it eagerly ({type(err).__name__}: {err})",
-                              stacklevel=2)
-                self.compile = False
+                return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups, self.relu,
+                                           gpu=self.gpu)
+            except Exception as err:  # no Triton, an unsupported GPU: the same layer by the next kernel
+                fallback = GPU_KERNELS[GPU_KERNELS.index(self.gpu) + 1]
+                warnings.warn(f"GPU LRN kernel {self.gpu!r} unavailable, using {fallback!r} "
+                              f"({type(err).__name__}: {err})", stacklevel=2)
+                self.gpu = fallback
         return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups, self.relu,
-                                   compile_gpu=False)
+                                   gpu="eager")
 
     def extra_repr(self) -> str:
         relu = "relu=True, " if self.relu else ""

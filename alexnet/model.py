@@ -59,7 +59,7 @@ class AlexNet(nn.Module):
         init: str = "paper",
         dropout: float = 0.5,
         channels_last: bool = True,
-        lrn_compile: bool = True,
+        lrn_gpu: str = "triton",
     ):
         super().__init__()
         if towers not in (1, 2):
@@ -85,7 +85,7 @@ class AlexNet(nn.Module):
             if not lrn:
                 return nn.ReLU()
             return LocalResponseNorm(LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=towers, impl=lrn_impl,
-                                     relu=True, compile=lrn_compile)
+                                     relu=True, gpu=lrn_gpu)
 
         def pool():
             # §3.4: overlapping pooling, 3x3 windows 2 apart; or the 2x2 non-overlapping ablation.
@@ -204,7 +204,7 @@ def build_model(cfg: ModelParams, num_classes: int) -> AlexNet:
         crop_size=cfg.crop_size,
         init=cfg.init,
         dropout=cfg.dropout,
-        lrn_compile=cfg.lrn_compile,
+        lrn_gpu=cfg.lrn_gpu,
     )
     return model.place(cfg.devices)
 

@@ -109,21 +109,21 @@ def test_gpu_lrn_equals_the_cpu_lrn_and_is_deterministic():
         torch.use_deterministic_algorithms(False)
 
 
-def test_compiled_and_eager_gpu_lrn_agree():
-    # model.lrn_compile chooses between them; the choice must not change a result beyond rounding.
+def test_gpu_lrn_kernels_agree():
+    # model.lrn_gpu chooses between them; the choice must not change a result beyond rounding.
     x = torch.randn(3, 96, 13, 13, device=GPU).mul(30).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(3, 96, 13, 13, device=GPU)
     results = []
-    for compile in (True, False):
-        layer = LocalResponseNorm(groups=2, relu=True, compile=compile)
+    for kernel in ("triton", "compiled", "eager"):
+        layer = LocalResponseNorm(groups=2, relu=True, gpu=kernel)
         xd = x.detach().clone().requires_grad_(True)
         out = layer(xd)
         out.backward(grad)
-        assert layer.compile == compile, "the compiled LRN fell back to eager mode"
+        assert layer.gpu == kernel, f"the {kernel} GPU LRN fell back to {layer.gpu}"
         results.append((out.detach(), xd.grad))
-    (out_c, grad_c), (out_e, grad_e) = results
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad_c, grad_e, rtol=1e-5, atol=1e-6)
+    for out, grad_x in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_x, results[0][1], rtol=1e-5, atol=1e-6)
 
 
 def test_member_on_two_gpu_devices_in_bf16_resumes_bit_identical(tmp_path):

@@ -148,3 +148,10 @@ def test_bad_input_is_refused():
         local_response_norm(torch.zeros(5, 2, 2))
     with pytest.raises(ValueError, match="impl"):
         LocalResponseNorm(impl="cuda")
+
+
+def test_unknown_gpu_kernel_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown GPU LRN kernel 'fused'; allowed: triton, compiled, eager"):
+        LocalResponseNorm(gpu="fused")
+    with pytest.raises(ValueError, match="unknown GPU LRN kernel"):
+        local_response_norm(torch.ones(1, 5, 2, 2), gpu="fused")

@@ -251,10 +251,10 @@ def test_features_fc7_feed_fc8(model):
 
 
 def test_build_model_from_params():
-    cfg = ModelParams(crop_size=67, init="kaiming", devices=("cpu", "cpu"), lrn_impl="torch", lrn_compile=False)
+    cfg = ModelParams(crop_size=67, init="kaiming", devices=("cpu", "cpu"), lrn_impl="torch", lrn_gpu="eager")
     model = build_model(cfg, num_classes=7)
     assert model.devices == ("cpu", "cpu")
-    assert (model.relu_norm2.impl, model.relu_norm2.compile) == ("torch", False)
+    assert (model.relu_norm2.impl, model.relu_norm2.gpu) == ("torch", "eager")
     assert model(images()).shape == (3, 7)
 
 
