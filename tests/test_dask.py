@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 pytest.importorskip("distributed", reason="dask[distributed] is the cluster extra (in dev)")
+pytestmark = pytest.mark.slow  # each test starts worker processes or a stage: tens of seconds on 2 cores
 
 import alexnet.preprocess as stage  # noqa: E402
 from alexnet.config import PreprocessParams  # noqa: E402
