@@ -79,6 +79,10 @@ class DataParams(_Section):
     # Root of the image tree for source=imagenet|folder (relative to the project root).
     root: Path | None = None
     on_bad_image: Literal["skip", "fail"] = "skip"
+    # source=imagenet only: "tars" reads the official ILSVRC-2012 release as downloaded (the train
+    # and val tars and the devkit, never extracted); "tree" an extracted train/ + val/ tree; "auto"
+    # picks "tars" when root holds the three files (alexnet/ilsvrc.py), else "tree".
+    layout: Literal["auto", "tree", "tars"] = "auto"
     synthetic: SyntheticParams = SyntheticParams()
 
     @model_validator(mode="after")
@@ -97,6 +101,11 @@ class PreprocessParams(_Section):
     # §2's resize + centre crop: byte-equal to torchvision's Resize + CenterCrop, or the central
     # square in exact geometry with one resample (faster; see alexnet/imageops.py).
     resize: Literal["torchvision", "central_square"] = "torchvision"
+    # Where shards are built: "local" (a process pool of `workers`) or "dask": the cluster at
+    # dask_address (e.g. tcp://scheduler:8786; workers must see the same data and output paths),
+    # or, when null, a local Dask cluster of `workers` processes on 127.0.0.1. Same bytes either way.
+    engine: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
 
 
 class ModelParams(_Section):

@@ -6,8 +6,8 @@ Two ways to compute it (`preprocess.resize`):
   model trained here sees exactly what a torchvision pipeline would feed it.
 - "central_square": the same §2 operation in exact geometry: the image's central square
   (side = its shorter side, centred to the sub-pixel) resampled to S x S by one PIL call,
-  `resize((S, S), BILINEAR, box=square)`. PIL then resamples only the pixels the patch needs:
-  ~25 % less resize work on a 4:3 photo (1.28 vs 1.70 ms an image on imagenet-samples-200).
+  `resize((S, S), BILINEAR, box=square)`. PIL then resamples only the pixels the patch needs,
+  less resize work than a full resize and a crop (the README's results log has the figures).
   Not byte-equal to "torchvision": torchvision truncates the longer side to an integer and
   rounds the crop offset to whole pixels of the resized image, this does neither.
 
@@ -26,14 +26,16 @@ baseline). `resize_center_crop` returns the same bytes faster, with no tolerance
 - PIL resamples in two separable passes, horizontal first, each rounding to uint8. For a wide
   image we run the horizontal pass alone, crop the columns, then the vertical pass on the kept
   columns only: the same arithmetic on fewer pixels. (PIL's `box=` argument would skip the
-  crop too, but computes filter centres in a different float order: off by 1 level at ~1% of
+  crop too, but computes filter centres in a different float order: off by one level at some
   pixels, so it is not used.)
 - Mode L is resized before it becomes RGB: channels are independent and L->RGB copies.
 - JPEG `draft` (DCT-domain downscaling) is not used: on full-size ImageNet photos it differs
-  from the full decode by up to 135 levels (mean 7) at S=256, which is no tiny tolerance.
+  from the full decode by far more than a rounding error, which is no tiny tolerance.
 """
 
 from __future__ import annotations
+
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -111,8 +113,8 @@ def central_square_patch(img: Image.Image, size: int) -> Image.Image:
 RESIZES = {"torchvision": resize_center_crop, "central_square": central_square_patch}
 
 
-def load_patch(path: str, size: int, resize: str = "torchvision") -> Image.Image:
-    """Decode the file at `path` in full and return its §2 patch (RGB, size x size)."""
+def load_patch(path: str | IO[bytes], size: int, resize: str = "torchvision") -> Image.Image:
+    """Decode the file at `path` (or an open binary file) in full and return its §2 patch (RGB, size x size)."""
     if resize not in RESIZES:
         raise ValueError(f"unknown resize {resize!r}; allowed: {', '.join(RESIZES)}")
     with Image.open(path) as img:

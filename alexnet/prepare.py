@@ -7,7 +7,9 @@ Outputs, in the output folder:
     quality_report.csv   one row per file that cannot be used: path, split, reason, detail
     dataset.json         source, root, counts per split, classes
     images/              the generated tree (source=synthetic only)
-Every file found under train/ and val/ is either indexed or reported (checked below).
+(names from alexnet/layout.py). With data.layout=tars (alexnet/ilsvrc.py) the index has one
+more column, offset: the file's bytes are `bytes` bytes at `offset` of the tar its path starts
+with. Every file found is either indexed or reported (checked below).
 Grayscale, CMYK, palette and PNG-named-.JPEG files are usable: preprocess converts them to RGB.
 """
 
@@ -28,14 +30,14 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from alexnet import synthetic
+from alexnet import ilsvrc, synthetic
 from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
-from alexnet.sources import SPLITS, FoundFile, find_classes, find_files
+from alexnet.config import DataParams
+from alexnet.layout import CLASSES_FILE, DATASET_FILE, IMAGES_DIR, INDEX_FILE, QUALITY_REPORT_FILE, SPLITS
+from alexnet.sources import ClassInfo, FoundFile, find_classes, find_files
 
 log = logging.getLogger(__name__)
 
-INDEX, CLASSES, REPORT, DATASET, IMAGES = (
-    "index.parquet", "classes.csv", "quality_report.csv", "dataset.json", "images")
 INDEX_COLUMNS = ["path", "split", "wnid", "label", "bytes", "width", "height", "mode", "format", "sha256"]
 REPORT_COLUMNS = ["path", "split", "reason", "detail"]
 
@@ -45,15 +47,19 @@ class BadImageError(ValueError):
 
 
 def inspect_image(path: str | Path) -> dict[str, Any]:
-    """Header facts of one file, after decoding it in full; or {'reason', 'detail'} if unusable.
+    """Header facts of one file, after decoding it in full; or {'reason', 'detail'} if unusable."""
+    return inspect_bytes(Path(path).read_bytes())
+
+
+def inspect_bytes(data: bytes) -> dict[str, Any]:
+    """inspect_image of a file's content.
 
     PIL's verify() misses a truncated JPEG, so the pixels are decoded. JPEGs decode at 1/8
     scale (draft): the entropy-coded data is still read to the end, so truncation is caught.
     """
-    size = os.path.getsize(path)
+    size = len(data)
     if size == 0:
         return {"reason": "zero bytes", "detail": "empty file", "bytes": 0}
-    data = Path(path).read_bytes()
     facts: dict[str, Any] = {"bytes": size, "sha256": hashlib.sha256(data).hexdigest()}
     try:
         img = Image.open(io.BytesIO(data))
@@ -74,13 +80,20 @@ def inspect_image(path: str | Path) -> dict[str, Any]:
     return facts
 
 
-def _inspect(args: tuple[str, str]) -> dict[str, Any]:
-    rel, full = args
-    return {"path": rel, **inspect_image(full)}
+def _inspect(job: tuple[str, str, int | None, int | None]) -> dict[str, Any]:
+    rel, full, offset, size = job
+    if offset is None:
+        return {"path": rel, **inspect_image(full)}
+    return {"path": rel, "offset": offset, **inspect_bytes(ilsvrc.read_member(full, offset, size or 0))}
+
+
+def _source_file(root: Path, f: FoundFile) -> str:
+    """The file holding f's bytes: the file itself, or the tar its path starts with."""
+    return str(root / (f.path if f.offset is None else f.path.split("/")[0]))
 
 
 def _inspect_all(root: Path, files: list[FoundFile], workers: int, progress: bool) -> list[dict[str, Any]]:
-    jobs = [(f.path, str(root / f.path)) for f in files if f.problem is None]
+    jobs = [(f.path, _source_file(root, f), f.offset, f.size) for f in files if f.problem is None]
     bar = tqdm(total=len(jobs), desc="prepare: decode check", unit="img", disable=not progress)
     out: list[dict[str, Any]] = []
     with bar:
@@ -96,11 +109,19 @@ def _inspect_all(root: Path, files: list[FoundFile], workers: int, progress: boo
     return out
 
 
-def build_index(root: Path, source: str, workers: int = 1, progress: bool = False
+def find(root: Path, layout: str) -> tuple[list[ClassInfo], list[FoundFile]]:
+    """The classes and every file of the data at `root` in `layout` (imagenet, tars or folder)."""
+    if layout == "tars":
+        return ilsvrc.scan(root)
+    classes = find_classes(root, layout)
+    return classes, find_files(root, layout, classes)
+
+
+def build_index(root: Path, layout: str, workers: int = 1, progress: bool = False
                 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]], dict[str, dict[str, int]]]:
-    """(index, report, classes, counts per split) of the tree at `root`; writes nothing."""
-    classes = find_classes(root, source)
-    files = find_files(root, source, classes)
+    """(index, report, classes, counts per split) of the data at `root`; writes nothing."""
+    classes, files = find(root, layout)
+    in_tars = any(f.offset is not None for f in files)
     label_of = {c.wnid: c.label for c in classes}
     wnid_of = {f.path: f.wnid for f in files}
     split_of = {f.path: f.split for f in files}
@@ -116,10 +137,10 @@ def build_index(root: Path, source: str, workers: int = 1, progress: bool = Fals
             wnid = wnid_of[r["path"]]
             rows.append({**r, "split": split, "wnid": wnid, "label": label_of[wnid]})
     order = {s: i for i, s in enumerate(SPLITS)}
-    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS + (["offset"] if in_tars else []))
     index = index.sort_values(["split", "label", "path"], key=lambda c: c.map(order) if c.name == "split" else c)
     index = index.reset_index(drop=True).astype({"label": "int64", "bytes": "int64", "width": "int64",
-                                                  "height": "int64"})
+                                                  "height": "int64", **({"offset": "int64"} if in_tars else {})})
     report = pd.DataFrame(bad, columns=REPORT_COLUMNS).sort_values(["split", "path"]).reset_index(drop=True)
     counts = {}
     for split in SPLITS:
@@ -147,44 +168,52 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> 
     atomic_write_text(path, buf.getvalue())
 
 
-def prepare(out_dir: str | Path, source: str, root: str | Path | None = None,
-            synthetic_params: dict[str, Any] | None = None, on_bad_image: str = "skip",
-            workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run the stage: index the data of `source` into `out_dir`; return dataset.json's content.
+def resolve_layout(data: DataParams, root: Path) -> str:
+    """How the data at `root` is laid out: imagenet (an extracted tree), tars or folder."""
+    if data.source != "imagenet":
+        return data.source
+    if data.layout == "auto":
+        return "tars" if ilsvrc.is_release(root) else "imagenet"
+    return "tars" if data.layout == "tars" else "imagenet"
 
-    source=synthetic generates the tree into out_dir/images from `synthetic_params` (the
-    data.synthetic section); the others read `root` (relative paths: against the cwd).
+
+def prepare(out_dir: str | Path, data: DataParams, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Run the stage: index the data of the `data` section into `out_dir`; return dataset.json's content.
+
+    source=synthetic generates the tree into out_dir/images from data.synthetic; the others
+    read data.root (relative paths: against the cwd).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    source, root = data.source, data.root
     if source == "synthetic":
-        tree = out_dir / IMAGES
-        log.info("generating the synthetic tree in %s: %s", tree, synthetic_params)
-        counts = synthetic.generate(tree, **(synthetic_params or {}), workers=workers)
+        tree = out_dir / IMAGES_DIR
+        log.info("generating the synthetic tree in %s: %s", tree, data.synthetic)
+        counts = synthetic.generate(tree, **data.synthetic.model_dump(), workers=workers)
         log.info("generated %s images", counts)
-        layout, root_text = "imagenet", IMAGES  # stored relative to out_dir
+        layout, root_text = "imagenet", IMAGES_DIR  # stored relative to out_dir
     else:
         if root is None:
             raise ValueError(f"data.root is required for source={source!r}")
         tree = Path(root)
         if not tree.is_dir():
             raise FileNotFoundError(f"data.root {str(root)!r}: no such folder (from {Path.cwd()})")
-        layout = source
+        layout = resolve_layout(data, tree)
         # Absolute roots stay absolute; relative ones are stored relative to out_dir.
         root_text = str(tree) if tree.is_absolute() else os.path.relpath(tree.resolve(), out_dir.resolve())
     log.info("indexing %s (layout %s) with %d worker(s)", tree, layout, workers)
     index, report, classes, counts = build_index(tree, layout, workers, progress)
-    _write_csv(out_dir / REPORT, REPORT_COLUMNS, report.itertuples(index=False))
+    _write_csv(out_dir / QUALITY_REPORT_FILE, REPORT_COLUMNS, report.itertuples(index=False))
     for r in report.itertuples():
         log.warning("unusable: %s: %s (%s)", r.path, r.reason, r.detail)
-    if on_bad_image == "fail" and len(report):
+    if data.on_bad_image == "fail" and len(report):
         raise BadImageError(_bad_image_message(report))
-    with atomic_path(out_dir / INDEX) as tmp:
+    with atomic_path(out_dir / INDEX_FILE) as tmp:
         index.to_parquet(tmp, index=False)
-    _write_csv(out_dir / CLASSES, ["label", "wnid", "name"], ([c["label"], c["wnid"], c["name"]] for c in classes))
+    _write_csv(out_dir / CLASSES_FILE, ["label", "wnid", "name"], ([c["label"], c["wnid"], c["name"]] for c in classes))
     dataset = {"source": source, "root": root_text, "splits": counts, "num_classes": len(classes),
                "classes": classes}
-    atomic_write_json(out_dir / DATASET, dataset)
+    atomic_write_json(out_dir / DATASET_FILE, dataset)
     for split, c in counts.items():
         log.info("%s: %d found, %d indexed, %d reported", split, c["found"], c["indexed"], c["reported"])
     return dataset
@@ -193,10 +222,10 @@ def prepare(out_dir: str | Path, source: str, root: str | Path | None = None,
 def load_prepared(prepared_dir: str | Path) -> tuple[Path, pd.DataFrame, dict[str, Any]]:
     """(image root, index, dataset.json) of a prepared folder; a clear error if incomplete."""
     prepared_dir = Path(prepared_dir)
-    missing = [n for n in (DATASET, INDEX) if not (prepared_dir / n).is_file()]
+    missing = [n for n in (DATASET_FILE, INDEX_FILE) if not (prepared_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{prepared_dir}: not a prepared dataset (missing {', '.join(missing)}); "
                                 "run the prepare stage first")
-    dataset = json.loads((prepared_dir / DATASET).read_text())
-    index = pd.read_parquet(prepared_dir / INDEX)
+    dataset = json.loads((prepared_dir / DATASET_FILE).read_text())
+    index = pd.read_parquet(prepared_dir / INDEX_FILE)
     return prepared_dir / dataset["root"], index, dataset

@@ -8,11 +8,18 @@ The ledger records what the shard was built from (a hash of its source files, la
 settings) and the sha256 of each file. A rerun keeps a shard whose ledger matches the plan and
 whose files still hash to the ledger; anything else is rebuilt. mean.npy and pca.json follow,
 and manifest.json comes last: until it exists the folder reads as incomplete.
+
+preprocess.engine says where shards are built: a local process pool, or a Dask cluster
+(alexnet/dask_engine.py). Either way the driver merges the statistics in plan order and writes
+the manifest, so the outputs are the same bytes.
+Images the index locates inside a tar (an `offset` column, data.layout=tars) are read from it
+with one seek and one read; nothing is extracted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -26,11 +33,13 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.atomic import atomic_write_bytes, atomic_write_json
-from alexnet.imageops import RESIZES, load_patch
+from alexnet.config import PreprocessParams
+from alexnet.ilsvrc import read_member
+from alexnet.imageops import load_patch
+from alexnet.layout import MANIFEST_FILE, SPLITS, TRAIN
 from alexnet.prepare import load_prepared
 from alexnet.shards import (
     FORMAT_VERSION,
-    MANIFEST,
     ShardsError,
     check_file,
     images_file,
@@ -46,14 +55,13 @@ log = logging.getLogger(__name__)
 
 # Bump when the pixels a given source file and setting produce change: rebuilds every shard.
 PIXELS_VERSION = 1
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
 class ShardTask:
     split: str
     number: int
-    paths: tuple[str, ...]  # absolute
+    paths: tuple[str, ...]  # absolute: the image files, or the tars that hold them (see ranges)
     labels: tuple[int, ...]
     spec: str  # hash of what the shard is built from
     fmt: str
@@ -61,6 +69,8 @@ class ShardTask:
     jpeg_quality: int
     out_dir: Path
     resize: str = "torchvision"
+    # (offset, size) of each image inside the tar at paths[i]; empty: the paths are the images.
+    ranges: tuple[tuple[int, int], ...] = ()
 
     @property
     def name(self) -> str:
@@ -68,26 +78,31 @@ class ShardTask:
 
     @property
     def with_stats(self) -> bool:
-        return self.split == "train"
+        return self.split == TRAIN
 
 
-def plan_shards(root: Path, index: Any, out_dir: Path, fmt: str, size: int, jpeg_quality: int,
-                shard_size: int, resize: str = "torchvision") -> list[ShardTask]:
-    """The shards of each split, in index order, `shard_size` images each (the last smaller)."""
+def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -> list[ShardTask]:
+    """The shards of each split, in index order, spec.shard_size images each (the last smaller)."""
+    fmt, size, jpeg_quality, shard_size, resize = (spec.format, spec.stored_size, spec.jpeg_quality,
+                                                   spec.shard_size, spec.resize)
     # The default resize adds nothing to the spec: shards built before the option existed stay valid.
     mode = [] if resize == "torchvision" else [resize]
     tasks = []
     for split in SPLITS:
         rows = index[index["split"] == split]
         paths, shas, labels = rows["path"].tolist(), rows["sha256"].tolist(), rows["label"].tolist()
+        # In a tar: the spec keeps the member's path; the task reads its byte range of the tar.
+        in_tars = "offset" in rows.columns
+        files = [p.split("/")[0] for p in paths] if in_tars else paths
+        ranges = list(zip(rows["offset"].tolist(), rows["bytes"].tolist())) if in_tars else []
         for number, a in enumerate(range(0, len(rows), shard_size)):
             b = a + shard_size
             spec = json.dumps([PIXELS_VERSION, fmt, size, jpeg_quality if fmt == "jpeg" else None, *mode,
                                list(zip(paths[a:b], shas[a:b], labels[a:b], strict=True))])
-            tasks.append(ShardTask(split, number, tuple(str(root / p) for p in paths[a:b]),
+            tasks.append(ShardTask(split, number, tuple(str(root / p) for p in files[a:b]),
                                    tuple(int(v) for v in labels[a:b]),
                                    hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir,
-                                   resize))
+                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b])))
     return tasks
 
 
@@ -123,8 +138,9 @@ def _kept(task: ShardTask) -> dict[str, Any] | None:
 
 
 def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
-    for path in task.paths:
-        image = np.asarray(load_patch(path, task.size, task.resize))  # uint8 (S, S, 3)
+    for k, path in enumerate(task.paths):
+        source = io.BytesIO(read_member(path, *task.ranges[k])) if task.ranges else path
+        image = np.asarray(load_patch(source, task.size, task.resize))  # uint8 (S, S, 3)
         if sums is not None:
             sums.add_image(image)
         _tick()
@@ -139,8 +155,8 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
         return {**record, "kept": True}
     out = task.out_dir
     sums = PixelSums.zeros(task.size) if task.with_stats else None
-    # Not fsynced one by one (a shard's data fsync is ~2 % of its build time): the ledger, which
-    # is, records their sha256, and a rerun re-hashes them before keeping the shard.
+    # Not fsynced one by one (each fsync waits for the disk): the ledger, which is, records their
+    # sha256, and a rerun re-hashes them before keeping the shard.
     files = {"images": write_images(out / images_file(task.name, task.fmt), task.fmt, _patches(task, sums),
                                     len(task.paths), task.size, task.jpeg_quality, durable=False),
              "labels": write_labels(out / labels_file(task.name), np.array(task.labels, dtype=np.int64),
@@ -184,22 +200,26 @@ def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str,
     return [r for r in results if r is not None]
 
 
-def preprocess(prepared_dir: str | Path, out_dir: str | Path, stored_size: int = 256, fmt: str = "raw",
-               jpeg_quality: int = 90, shard_size: int = 1024, workers: int = 1,
-               progress: bool = True, resize: str = "torchvision") -> dict[str, Any]:
-    """Run the stage: shards, mean.npy, pca.json and (last) manifest.json in `out_dir`."""
-    if resize not in RESIZES:
-        raise ValueError(f"preprocess.resize={resize!r}; allowed: {', '.join(RESIZES)}")
+def preprocess(prepared_dir: str | Path, out_dir: str | Path, spec: PreprocessParams,
+               progress: bool = True) -> dict[str, Any]:
+    """Run the stage (the preprocess section `spec`): shards, mean.npy, pca.json and (last)
+    manifest.json in `out_dir`."""
+    fmt, stored_size, jpeg_quality, resize = spec.format, spec.stored_size, spec.jpeg_quality, spec.resize
     root, index, dataset = load_prepared(prepared_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(root, index, out_dir, fmt, stored_size, jpeg_quality, shard_size, resize)
+    tasks = plan_shards(root, index, out_dir, spec)
     removed = remove_stale(out_dir, keep={t.name for t in tasks})
     if removed:
         log.info("removed %d stale file(s) from an earlier run: %s", len(removed), ", ".join(removed[:5]))
-    log.info("%d images -> %d shards of <= %d (%s, %dx%d, %s resize) with %d worker(s)", len(index), len(tasks),
-             shard_size, fmt, stored_size, stored_size, resize, workers)
-    records = _run(tasks, workers, progress)
+    log.info("%d images -> %d shards of <= %d (%s, %dx%d, %s resize) with %d worker(s), %s engine", len(index),
+             len(tasks), spec.shard_size, fmt, stored_size, stored_size, resize, spec.workers, spec.engine)
+    if spec.engine == "dask":
+        from alexnet.dask_engine import run_on_dask  # an optional extra: imported only when asked for
+
+        records = run_on_dask(build_shard, tasks, spec.dask_address, spec.workers, progress)
+    else:
+        records = _run(tasks, spec.workers, progress)
     kept = sum(r["kept"] for r in records)
     log.info("shards: %d built, %d kept from an earlier run (complete and verified)", len(records) - kept, kept)
 
@@ -221,6 +241,6 @@ def preprocess(prepared_dir: str | Path, out_dir: str | Path, stored_size: int =
                 "jpeg_quality": jpeg_quality if fmt == "jpeg" else None, "source": dataset["source"],
                 "num_classes": dataset["num_classes"], "classes": dataset["classes"], "splits": splits,
                 "stats": stats}
-    atomic_write_json(out_dir / MANIFEST, manifest)  # last: the folder is complete
-    log.info("wrote %s: %s", out_dir / MANIFEST, {s: v["count"] for s, v in splits.items()})
+    atomic_write_json(out_dir / MANIFEST_FILE, manifest)  # last: the folder is complete
+    log.info("wrote %s: %s", out_dir / MANIFEST_FILE, {s: v["count"] for s, v in splits.items()})
     return manifest

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from alexnet.atomic import atomic_path
+from alexnet.layout import MANIFEST_FILE, SPLITS
 from alexnet.stats import read_stats
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 JPEG_MAGIC = b"AXJPEGS1"
 _HASH_CHUNK = 1 << 22
@@ -118,9 +118,9 @@ def write_labels(path: str | Path, labels: np.ndarray, durable: bool = True) -> 
 
 def read_manifest(shards_dir: str | Path) -> dict[str, Any]:
     """manifest.json of a complete shards folder; a ShardsError naming the folder otherwise."""
-    path = Path(shards_dir) / MANIFEST
+    path = Path(shards_dir) / MANIFEST_FILE
     if not path.is_file():
-        raise ShardsError(f"{shards_dir}: no {MANIFEST}: the shards are missing or incomplete "
+        raise ShardsError(f"{shards_dir}: no {MANIFEST_FILE}: the shards are missing or incomplete "
                           "(run the preprocess stage; a rerun finishes an interrupted one)")
     try:
         manifest = json.loads(path.read_text())
@@ -251,18 +251,18 @@ def load_stats(shards_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def data_version(shards_dir: str | Path) -> str:
     """Short sha256 of manifest.json: names the exact data a model was trained on."""
     read_manifest(shards_dir)
-    return hashlib.sha256((Path(shards_dir) / MANIFEST).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256((Path(shards_dir) / MANIFEST_FILE).read_bytes()).hexdigest()[:12]
 
 
 def remove_stale(shards_dir: Path, keep: set[str]) -> list[str]:
     """Delete the manifest, temporary files and shard files of other plans; return their names."""
     removed = []
-    if (shards_dir / MANIFEST).is_file():  # first: from here on the folder reads as incomplete
-        os.unlink(shards_dir / MANIFEST)
-        removed.append(MANIFEST)
+    if (shards_dir / MANIFEST_FILE).is_file():  # first: from here on the folder reads as incomplete
+        os.unlink(shards_dir / MANIFEST_FILE)
+        removed.append(MANIFEST_FILE)
     for path in sorted(shards_dir.iterdir()) if shards_dir.is_dir() else []:
         name = path.name
-        is_shard = name.split("-")[0] in ("train", "val") and name.split(".")[0] not in keep
+        is_shard = name.split("-")[0] in SPLITS and name.split(".")[0] not in keep
         if path.is_file() and (name.startswith(".tmp-") or is_shard):
             os.unlink(path)
             removed.append(name)

@@ -1,13 +1,16 @@
 """Where the images are: every file of an image tree, with the class it belongs to (or why none).
 
-Two layouts (the synthetic source writes the first):
+Three layouts (the synthetic source writes the first):
 - imagenet: ILSVRC-2012 at root: train/<wnid>/*.JPEG; val/ either in <wnid>/ folders or flat,
   labelled by LOC_val_solution.csv (Kaggle: ImageId,PredictionString; the string starts with
   the wnid) at root or its parent. Names from LOC_synset_mapping.txt ("<wnid> <names>").
+- tars: ILSVRC-2012 as downloaded, read inside its tars (alexnet/ilsvrc.py); data.layout picks
+  it, or finds the three files at root.
 - folder: any root/train/<class>/* and root/val/<class>/* tree; the folder name is the name.
-Classes are the folders of train/, and a label is the class's position in sorted order
-(torchvision's ImageFolder convention). Nothing is skipped here: a file that has no class is
-returned with the reason, for the data-quality report.
+Classes are the folders of train/ (the per-class tars for `tars`), and a label is the class's
+position in sorted order (torchvision's ImageFolder convention), the same in every layout.
+Nothing is skipped here: a file that has no class is returned with the reason, for the
+data-quality report.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("train", "val")
+from alexnet.layout import SPLITS, TRAIN, VAL
+
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
 
@@ -34,6 +38,10 @@ class FoundFile:
     split: str
     wnid: str | None  # None: no class; `problem` says why
     problem: str | None = None
+    # tars only: the file's bytes are bytes [offset, offset + size) of the archive that is the
+    # first component of `path` (members of uncompressed tars are stored contiguously).
+    offset: int | None = None
+    size: int | None = None
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -68,7 +76,7 @@ def _val_solution(root: Path) -> tuple[dict[str, str], Path | None]:
 
 def find_classes(root: Path, source: str) -> list[ClassInfo]:
     """The classes: the folders of root/train, sorted; label = position."""
-    train = root / "train"
+    train = root / TRAIN
     if not train.is_dir():
         raise FileNotFoundError(f"{root}: no train/ folder (expected {source} layout: train/<class>/...)")
     wnids = sorted(p.name for p in train.iterdir() if p.is_dir())
@@ -89,7 +97,7 @@ def find_files(root: Path, source: str, classes: list[ClassInfo]) -> list[FoundF
     for split in SPLITS:
         top = root / split
         if not top.is_dir():
-            if split == "train":
+            if split == TRAIN:
                 raise FileNotFoundError(f"{root}: no train/ folder")
             continue
         for path in _files_under(top):
@@ -98,7 +106,7 @@ def find_files(root: Path, source: str, classes: list[ClassInfo]) -> list[FoundF
             if len(parts) > 1:  # in a class folder
                 wnid = parts[0]
                 problem = None if wnid in known else f"unknown class: folder {wnid!r} is not a class of train/"
-            elif split == "val" and source == "imagenet":  # flat val: labels from the CSV
+            elif split == VAL and source == "imagenet":  # flat val: labels from the CSV
                 wnid = solution.get(path.stem)
                 if solution_path is None:
                     problem = f"unknown class: flat val/ file and no {VAL_SOLUTION} at {root} or its parent"

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.atomic import atomic_write, atomic_write_json
-
-MEAN_FILE, PCA_FILE = "mean.npy", "pca.json"
+from alexnet.layout import MEAN_FILE, PCA_FILE
 
 # The six distinct entries of the symmetric 3x3 sum of x x^T.
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -30,8 +29,8 @@ def rgb_outer_sum(image: np.ndarray) -> np.ndarray:
     """The exact sum over the pixels of a uint8 (..., 3) image of x x^T, as int64 (3, 3).
 
     In integers all the way: a product of two uint8 values fits uint16 (255^2 = 65,025) and a
-    chunk of 65,536 of them fits uint32. This is ~2.5x faster than a float64 matmul, which
-    needs the whole image converted to float64 first (the preprocess stage's hot loop).
+    chunk of 65,536 of them fits uint32. Faster than a float64 matmul, which needs the whole
+    image converted to float64 first (this is the preprocess stage's hot loop).
     """
     pixels = image.reshape(-1, 3)
     out = np.zeros((3, 3), np.int64)

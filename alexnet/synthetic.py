@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alexnet.layout import SPLITS, TRAIN, VAL
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "arrow", "crescent", "diamond")
 TEXTURES = ("plain", "striped", "checkered", "dotted", "ringed", "gridded", "zigzag", "speckled")
 HUE_NAMES = ("red", "orange", "yellow", "lime", "green", "jade", "cyan", "azure", "blue", "violet",
              "magenta", "rose")  # 12 evenly spaced hues, red at 0
-SPLITS = ("train", "val")
 # Quirks of the real ILSVRC train set, in the order they are assigned to the chosen files.
 QUIRKS = ("truncated", "png", "cmyk", "cmyk", "gray", "gray", "gray")
 
@@ -229,14 +230,14 @@ def _write_one(job: _Job) -> None:
 
 def _jobs(root: Path, classes: list[SyntheticClass], per_split: dict[str, int], seed: int,
           min_side: int, max_side: int) -> Iterator[_Job]:
-    n_train = len(classes) * per_split["train"]
+    n_train = len(classes) * per_split[TRAIN]
     chosen = np.random.default_rng([seed, 7]).permutation(n_train)[: len(QUIRKS)]
     quirk_of = {int(k): q for k, q in zip(chosen, QUIRKS, strict=False)}
     for s, split in enumerate(SPLITS):
-        first = 0 if split == "train" else 100_000  # val file numbers never collide with train's
+        first = 0 if split == TRAIN else 100_000  # val file numbers never collide with train's
         for c, cls in enumerate(classes):
             for i in range(per_split[split]):
-                quirk = quirk_of.get(c * per_split["train"] + i) if split == "train" else None
+                quirk = quirk_of.get(c * per_split[TRAIN] + i) if split == TRAIN else None
                 path = root / split / cls.wnid / f"{cls.wnid}_{first + i}.JPEG"
                 yield _Job(path, cls, (seed, s, c, i), quirk, min_side, max_side)
 
@@ -255,7 +256,7 @@ def generate(root: str | Path, classes: int, train_per_class: int, val_per_class
         for cls in table:
             (root / split / cls.wnid).mkdir(parents=True, exist_ok=True)
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{c.wnid} {c.name}\n" for c in table))
-    jobs = list(_jobs(root, table, {"train": train_per_class, "val": val_per_class}, seed,
+    jobs = list(_jobs(root, table, {TRAIN: train_per_class, VAL: val_per_class}, seed,
                       min_side, max_side))
     if workers > 1:
         with get_context("fork").Pool(workers) as pool:
@@ -264,4 +265,4 @@ def generate(root: str | Path, classes: int, train_per_class: int, val_per_class
     else:
         for job in jobs:
             _write_one(job)
-    return {"train": classes * train_per_class, "val": classes * val_per_class}
+    return {TRAIN: classes * train_per_class, VAL: classes * val_per_class}

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.config import DataParams, PreprocessParams
 from alexnet.loader import TrainLoader
 from alexnet.prepare import prepare
 from alexnet.preprocess import preprocess
@@ -162,9 +163,9 @@ def run(args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         tree = build_tree(args.data, tmp / "tree", args.images)
         t = time.perf_counter()
-        prepare(tmp / "prepared", "folder", root=tree, workers=2, progress=False)
-        preprocess(tmp / "prepared", tmp / "shards", stored_size=args.stored_size, fmt=args.format,
-                   shard_size=512, workers=2, progress=False)  # fmt: skip
+        prepare(tmp / "prepared", DataParams(source="folder", root=tree), workers=2, progress=False)
+        preprocess(tmp / "prepared", tmp / "shards", PreprocessParams(stored_size=args.stored_size, format=args.format,
+                                                                      shard_size=512, workers=2), progress=False)
         build_s = time.perf_counter() - t
         num_classes = sum(1 for _ in (tree / "train").iterdir())
         options = dict(batch_size=args.batch_size, crop_size=args.crop, seed=0, workers=args.workers)

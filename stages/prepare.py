@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         params = load_params(args.params)
-        data = params.data
-        prepare(args.out, data.source, data.root, data.synthetic.model_dump(), data.on_bad_image,
-                workers=params.preprocess.workers)
+        prepare(args.out, params.data, workers=params.preprocess.workers)
 
     return run_stage("prepare", work, (BadImageError,))
 

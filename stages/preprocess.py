@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> None:
-        p = load_params(args.params).preprocess
-        preprocess(args.prepared, args.out, stored_size=p.stored_size, fmt=p.format,
-                   jpeg_quality=p.jpeg_quality, shard_size=p.shard_size, workers=p.workers, resize=p.resize)
+        preprocess(args.prepared, args.out, load_params(args.params).preprocess)
 
     return run_stage("preprocess", work, (ShardsError,))
 

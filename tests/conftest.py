@@ -25,8 +25,9 @@ def tiny() -> dict:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared synthetic dataset (prepare stage output); read-only for the tests."""
+    from alexnet.config import DataParams, SyntheticParams
     from alexnet.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
-    prepare(out, "synthetic", synthetic_params=TINY, workers=1, progress=False)
+    prepare(out, DataParams(synthetic=SyntheticParams(**TINY)), workers=1, progress=False)
     return out

@@ -5,19 +5,20 @@ import pytest
 import torch
 
 from alexnet.augment import center_crop
+from alexnet.config import DataParams, PreprocessParams, SyntheticParams
 from alexnet.loader import EvalLoader, TrainLoader, epoch_permutation, eval_batches, train_batches
 from alexnet.prepare import prepare
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardSet, load_stats
 
-S, CROP = 20, 16
+S, CROP = 32, 16
 SYNTHETIC = dict(classes=5, train_per_class=10, val_per_class=5, min_side=32, max_side=48, seed=0)
 
 
 @pytest.fixture(scope="module")
 def prepared_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("prepared")
-    prepare(d, "synthetic", synthetic_params=SYNTHETIC, workers=1, progress=False)
+    prepare(d, DataParams(synthetic=SyntheticParams(**SYNTHETIC)), workers=1, progress=False)
     return d
 
 
@@ -25,7 +26,8 @@ def prepared_dir(tmp_path_factory):
 def shards_dir(request, prepared_dir, tmp_path_factory):
     """Small shards in either format, written by the real prepare + preprocess stages."""
     d = tmp_path_factory.mktemp(f"shards-{request.param}")
-    preprocess(prepared_dir, d, stored_size=S, fmt=request.param, shard_size=16, workers=1, progress=False)
+    preprocess(prepared_dir, d, PreprocessParams(stored_size=S, format=request.param, shard_size=16, workers=1),
+               progress=False)
     return d
 
 

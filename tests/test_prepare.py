@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from alexnet.config import DataParams
 from alexnet.prepare import BadImageError, prepare
 from stages.prepare import main as prepare_main
 
@@ -57,7 +58,7 @@ def quirky_imagenet(tmp_path):
 
 def test_every_file_is_indexed_or_reported(tmp_path, quirky_imagenet):
     out = tmp_path / "prepared"
-    dataset = prepare(out, "imagenet", quirky_imagenet, workers=2, progress=False)
+    dataset = prepare(out, DataParams(source="imagenet", root=quirky_imagenet), workers=2, progress=False)
     index = pd.read_parquet(out / "index.parquet")
     report = pd.read_csv(out / "quality_report.csv")
     found = [p for split in ("train", "val") for p in (quirky_imagenet / split).rglob("*") if p.is_file()]
@@ -93,7 +94,8 @@ def test_every_file_is_indexed_or_reported(tmp_path, quirky_imagenet):
 
 def test_fail_mode_names_each_bad_file(tmp_path, quirky_imagenet):
     with pytest.raises(BadImageError) as err:
-        prepare(tmp_path / "p", "imagenet", quirky_imagenet, on_bad_image="fail", progress=False)
+        prepare(tmp_path / "p", DataParams(source="imagenet", root=quirky_imagenet, on_bad_image="fail"),
+                progress=False)
     msg = str(err.value)
     assert "train/n02/n02_truncated.JPEG: truncated" in msg and "train/n02/n02_empty.JPEG: zero bytes" in msg
     assert "7 unusable file(s)" in msg
@@ -107,7 +109,7 @@ def test_val_solution_in_root_and_val_in_class_folders(tmp_path):
     write(root / "val" / "n05" / "v.JPEG", jpeg_bytes())
     write(root / "val" / "flat.JPEG", jpeg_bytes())
     (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nflat,n04 1 2 3 4\n")
-    prepare(tmp_path / "p", "imagenet", root, progress=False)
+    prepare(tmp_path / "p", DataParams(source="imagenet", root=root), progress=False)
     index = pd.read_parquet(tmp_path / "p" / "index.parquet").set_index("path")
     assert index.loc["val/n05/v.JPEG", "label"] == 1 and index.loc["val/flat.JPEG", "label"] == 0
     assert pd.read_csv(tmp_path / "p" / "quality_report.csv").empty
@@ -119,7 +121,7 @@ def test_folder_source_uses_folder_names(tmp_path):
     write(root / "train" / "cat" / "1.png", jpeg_bytes(fmt="PNG"))
     write(root / "val" / "cat" / "2.jpg", jpeg_bytes())
     write(root / "val" / "cow" / "3.jpg", jpeg_bytes())
-    dataset = prepare(tmp_path / "p", "folder", root, progress=False)
+    dataset = prepare(tmp_path / "p", DataParams(source="folder", root=root), progress=False)
     assert [c["name"] for c in dataset["classes"]] == ["cat", "dog"]
     assert dataset["splits"]["val"] == {"found": 2, "indexed": 1, "reported": 1}
 
@@ -135,10 +137,10 @@ def test_synthetic_source_reports_only_the_truncated_file(tiny_prepared):
 
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        prepare(tmp_path / "p", "folder", tmp_path / "nope", progress=False)
+        prepare(tmp_path / "p", DataParams(source="folder", root=tmp_path / "nope"), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no train/ folder"):
-        prepare(tmp_path / "p", "folder", tmp_path / "empty", progress=False)
+        prepare(tmp_path / "p", DataParams(source="folder", root=tmp_path / "empty"), progress=False)
 
 
 def test_stage_prints_one_line_per_problem_and_exits_nonzero(tmp_path, capsys):

@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 
 import alexnet.preprocess as stage
-from alexnet.preprocess import preprocess
-from alexnet.shards import MANIFEST, ShardsError, ShardSet, data_version
+from alexnet.config import ParamsError, PreprocessParams, parse_params
+from alexnet.layout import MANIFEST_FILE as MANIFEST
+from alexnet.shards import ShardsError, ShardSet, data_version
 from stages.preprocess import main as preprocess_main
 
-S = 24
-OPTIONS = dict(stored_size=S, fmt="raw", shard_size=2, progress=False)
+S = 32
+OPTIONS = dict(stored_size=S, format="raw", shard_size=2)
+
+
+def preprocess(prepared, out, **options):
+    return stage.preprocess(prepared, out, PreprocessParams(**options), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_rerun_keeps_verified_shards_and_rebuilds_damaged_ones(tiny_prepared, tm
 
 def test_new_settings_replace_old_shards(tiny_prepared, tmp_path):
     preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS)
-    preprocess(tiny_prepared, tmp_path, workers=1, **{**OPTIONS, "shard_size": 100, "fmt": "jpeg"})
+    preprocess(tiny_prepared, tmp_path, workers=1, **{**OPTIONS, "shard_size": 100, "format": "jpeg"})
     names = {p.name for p in tmp_path.iterdir()}
     assert not any(n.startswith("train-00001") for n in names)  # no stale shards left behind
     assert ShardSet(tmp_path, "train").format == "jpeg" and len(ShardSet(tmp_path, "train")) == 11
@@ -90,8 +95,8 @@ def test_resize_mode_is_part_of_what_a_shard_is_built_from(tiny_prepared, refere
     images = [n for n in before if n.endswith(".npy") and not n.endswith(".labels.npy")]
     assert images and all(before[n][1] != after[n][1] for n in images)  # with other pixels
     assert (tmp_path / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
-    with pytest.raises(ValueError, match="preprocess.resize='box'; allowed: torchvision, central_square"):
-        preprocess(tiny_prepared, tmp_path, workers=1, **OPTIONS, resize="box")
+    with pytest.raises(ParamsError, match="preprocess.resize: Input should be 'torchvision' or 'central_square'"):
+        parse_params({"preprocess": {"resize": "box"}})
 
 
 def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepared, reference, tmp_path,
@@ -124,6 +129,7 @@ KILLABLE = """
 import os, sys, threading
 from pathlib import Path
 import alexnet.preprocess as stage
+from alexnet.config import PreprocessParams
 real, out, held = stage.load_patch, Path(sys.argv[2]), Path(sys.argv[3])
 def gated(path, size, resize):
     if any(out.glob("*.done.json")):
@@ -131,7 +137,7 @@ def gated(path, size, resize):
         threading.Event().wait()  # until the test kills the process group
     return real(path, size, resize)
 stage.load_patch = gated
-stage.preprocess(sys.argv[1], out, stored_size=24, fmt="raw", shard_size=2, workers=2, progress=False)
+stage.preprocess(sys.argv[1], out, PreprocessParams(stored_size=32, shard_size=2, workers=2), progress=False)
 """
 
 

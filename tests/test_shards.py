@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from alexnet.config import PreprocessParams
 from alexnet.imageops import load_patch
+from alexnet.layout import MANIFEST_FILE as MANIFEST
 from alexnet.preprocess import preprocess
-from alexnet.shards import MANIFEST, ShardsError, ShardSet, data_version, load_stats
+from alexnet.shards import ShardsError, ShardSet, data_version, load_stats
 
 S = 32
 
@@ -16,7 +18,8 @@ S = 32
 @pytest.fixture(scope="module", params=["raw", "jpeg"])
 def built(request, tiny_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"shards-{request.param}")
-    preprocess(tiny_prepared, out, stored_size=S, fmt=request.param, shard_size=4, workers=1, progress=False)
+    preprocess(tiny_prepared, out, PreprocessParams(stored_size=S, format=request.param, shard_size=4, workers=1),
+               progress=False)
     return request.param, out
 
 

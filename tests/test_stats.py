@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from alexnet.config import PreprocessParams
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardSet, load_stats
 from alexnet.stats import PixelSums, finish, rgb_outer_sum
@@ -46,7 +47,7 @@ def test_rgb_outer_sum_is_exact_at_the_overflow_edges():
 
 
 def test_stage_stats_equal_numpy_over_the_shards(tiny_prepared, tmp_path):
-    preprocess(tiny_prepared, tmp_path, stored_size=24, shard_size=3, workers=2, progress=False)
+    preprocess(tiny_prepared, tmp_path, PreprocessParams(stored_size=32, shard_size=3, workers=2), progress=False)
     shards = ShardSet(tmp_path, "train")
     images = shards.read(np.arange(len(shards)))
     mean, values, vectors = load_stats(tmp_path)
@@ -55,4 +56,4 @@ def test_stage_stats_equal_numpy_over_the_shards(tiny_prepared, tmp_path):
     np.testing.assert_allclose(values, ref_values, rtol=1e-10)
     np.testing.assert_allclose(cov @ vectors, vectors * values, atol=1e-8 * values[0])
     pca = json.loads((tmp_path / "pca.json").read_text())
-    assert pca["pixels"] == len(images) * 24 * 24 and np.array_equal(pca["eigenvectors"], vectors)
+    assert pca["pixels"] == len(images) * 32 * 32 and np.array_equal(pca["eigenvectors"], vectors)

@@ -26,11 +26,8 @@ def build_tiny_data(root: Path) -> Path:
     from alexnet.preprocess import preprocess
 
     params = parse_params(tiny_params())
-    p = params.preprocess
-    prepare(root / "prepared", "synthetic", synthetic_params=params.data.synthetic.model_dump(), workers=1,
-            progress=False)
-    preprocess(root / "prepared", root / "shards", stored_size=p.stored_size, fmt=p.format,
-               shard_size=p.shard_size, workers=1, progress=False)
+    prepare(root / "prepared", params.data, workers=1, progress=False)
+    preprocess(root / "prepared", root / "shards", params.preprocess, progress=False)
     return root
 
 
