@@ -53,8 +53,7 @@ EPOCH_METRICS = ("train_loss", "train_top1_err", "val_top1_err", "val_top5_err",
 PROBE_TIMEOUT_S = 3.0
 
 # Per-request chatter (table creation, alembic migrations) that says nothing about our runs.
-for _noisy in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -147,7 +146,7 @@ def provenance_tags(*, source: str, git_commit: str, data_version: str | None, d
     """The tags every run carries: where its code, data and compute came from.
 
     Source and commit under MLflow's own keys (mlflow.utils.mlflow_tags), which the UI shows;
-    `git_commit` is provenance.git_commit's form, "<sha>[-dirty]" ("unknown" outside git).
+    `git_commit` as provenance.git_commit gives it: "<sha>[-dirty]", or "unknown".
     """
     commit = git_commit.removesuffix("-dirty")
     tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL",
@@ -164,13 +163,10 @@ def flatten_metrics(nested: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
-def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
-    return text[:6000]  # MLflow's limit on a param value
-
-
 def _flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
-    return {name: _param_value(value) for name, value in flatten_mapping(params).items()}
+    # Lists as JSON; 6000 characters is MLflow's limit on a param value.
+    return {name: (json.dumps(v) if isinstance(v, list | tuple | dict) else str(v))[:6000]
+            for name, v in flatten_mapping(params).items()}
 
 
 class Tracker:
@@ -202,6 +198,8 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            for name in NOISY_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
