@@ -20,11 +20,10 @@ from typing import Any
 import pandas as pd
 
 from alexnet.config import ParamsError, load_params
-from alexnet.tracking import TrackingUnavailable, check_tracking, resolve_tracking_uri
+from alexnet.layout import VIEWS
+from alexnet.tracking import PARENT_TAG, TrackingUnavailable, check_tracking, resolve_tracking_uri
 
-VIEWS = ("center", "ten_crop")
 ERRORS = ("top1_err", "top5_err")
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def error_columns() -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,26 @@ import numpy as np
 import torch
 
 from alexnet.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
-from alexnet.metrics import confusion_matrix, per_class_accuracy, topk_errs
+from alexnet.layout import (
+    CENTER,
+    CONFUSION_FILE,
+    ENSEMBLE_PLOT_FILE,
+    PER_CLASS_FILE,
+    PREDICTIONS_DIR,
+    TEN_CROP,
+    VIEWS,
+)
+from alexnet.metrics import average_probs, confusion_matrix, per_class_accuracy, topk_errs
 
-VIEWS = ("center", "ten_crop")
+
+def headline_view(views: Iterable[str]) -> str:
+    """The view whose figures an ensemble is reported, plotted and registered by: the ten patches if evaluated."""
+    return TEN_CROP if TEN_CROP in views else CENTER
 
 
-def average_probs(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """§6: an ensemble's prediction is the average of its members' softmax outputs."""
-    return torch.stack(list(member_probs)).mean(dim=0)
+def predictions_file(name: str, view: str) -> str:
+    """<member or "ensemble">.<view>.npy: one file of probabilities per model and view."""
+    return f"{name}.{view}.npy"
 
 
 def save_probs(path: str | Path, probs: torch.Tensor) -> None:
@@ -36,7 +48,7 @@ def ensemble_report(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Errors of every member and of their average, per view.
 
-    `members` maps a member name to {"center": probs, "ten_crop": probs} (a view may be absent).
+    `members` maps a member name to {view: probs} (layout.VIEWS; a view may be absent).
     Returns (metrics, ensemble probabilities per view). The top-level "center"/"ten_crop" entries
     are the ensemble's: the product's headline figures (with one member, that member's).
     """
@@ -94,10 +106,6 @@ def write_confusion_png(path: str | Path, probs: torch.Tensor, labels: torch.Ten
     plt.close(fig)
 
 
-def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
-    atomic_write_json(path, dict(metrics))
-
-
 def write_comparison_png(path: str | Path, metrics: Mapping[str, Any]) -> None:
     """Bar chart: every member against the ensemble, top-1/top-5 error, centre and ten-crop."""
     import matplotlib
@@ -143,11 +151,11 @@ def evaluate_ensemble(
     members = {name: {view: load_probs(p) for view, p in views.items()} for name, views in member_probs.items()}
     metrics, ensemble = ensemble_report(members, labels)
     for view, probs in ensemble.items():
-        save_probs(reports_dir / "predictions" / f"ensemble.{view}.npy", probs)
-    best = "ten_crop" if "ten_crop" in ensemble else "center"
-    write_per_class(reports_dir / "per_class.csv", ensemble[best], labels, class_names)
-    write_confusion_png(reports_dir / "confusion.png", ensemble[best], labels, class_names,
+        save_probs(reports_dir / PREDICTIONS_DIR / predictions_file("ensemble", view), probs)
+    best = headline_view(ensemble)
+    write_per_class(reports_dir / PER_CLASS_FILE, ensemble[best], labels, class_names)
+    write_confusion_png(reports_dir / CONFUSION_FILE, ensemble[best], labels, class_names,
                         title=f"ensemble of {len(members)}, {best}")
-    write_comparison_png(reports_dir / "ensemble.png", metrics)
-    write_metrics(metrics_path, metrics)
+    write_comparison_png(reports_dir / ENSEMBLE_PLOT_FILE, metrics)
+    atomic_write_json(metrics_path, dict(metrics))
     return metrics

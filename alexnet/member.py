@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from alexnet import loader as loaders
 from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import Params, flatten
-from alexnet.evaluate import save_probs
+from alexnet.evaluate import predictions_file, save_probs
 from alexnet.heap import keep_freed_memory
+from alexnet.layout import CENTER, CLASSES_FILE, HISTORY_SUFFIX, MODEL_FILE, SUMMARY_FILE, TEN_CROP, member_name
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
@@ -31,13 +31,6 @@ from alexnet.train import configure_determinism, fit, predict, resolve_precision
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "images_per_s")
-# A one-shot fault for rehearsing recovery (and for the retry test): "MEMBER:EPOCH" makes that
-# member raise InjectedFault once, right after that epoch's checkpoint is written.
-FAULT_ENV = "ALEXNET_FAIL_ONCE"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the ALEXNET_FAIL_ONCE fault; the retried member resumes from its checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +46,11 @@ class MemberPaths:
     def of(index: int, models_dir: Path, history_dir: Path, checkpoints_dir: Path, key: str) -> MemberPaths:
         name = member_name(index)
         return MemberPaths(
-            model=models_dir / name / "model.pt",
-            history=history_dir / f"{name}.csv",
-            summary=models_dir / name / "summary.json",
+            model=models_dir / name / MODEL_FILE,
+            history=history_dir / f"{name}{HISTORY_SUFFIX}",
+            summary=models_dir / name / SUMMARY_FILE,
             checkpoint=checkpoints_dir / f"{name}-{key}.pt",
         )
-
-
-def member_name(index: int) -> str:
-    return f"member-{index}"
 
 
 def member_seed(base_seed: int, index: int) -> int:
@@ -72,7 +61,7 @@ def member_seed(base_seed: int, index: int) -> int:
 def num_classes_of(prepared_dir: Path, params: Params) -> int:
     if params.model.num_classes is not None:
         return params.model.num_classes
-    with open(prepared_dir / "classes.csv") as f:
+    with open(prepared_dir / CLASSES_FILE) as f:
         return sum(1 for _ in csv.DictReader(f))
 
 
@@ -102,7 +91,11 @@ def train_member(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train member `index` (resuming from its checkpoint if one exists); write model, history, summary."""
+    """Train member `index` (resuming from its checkpoint if one exists); write model, history, summary.
+
+    `on_epoch(row)` runs after each epoch's checkpoint is written: what it raises ends the
+    training there, and the next call resumes after that epoch.
+    """
     name = member_name(index)
     seed = member_seed(params.train.seed, index)
     key = run_key(params, index, shards_dir)
@@ -131,13 +124,6 @@ def train_member(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
         ten_crop=False, workers=tr.workers, divisor=params.model.input_scale, pin_memory=pin,
     )
-    fault = _fault_for(index, paths.checkpoint)
-
-    def after_epoch(row: dict[str, float]) -> None:
-        if on_epoch is not None:
-            on_epoch(row)
-        fault(int(row["epoch"]))
-
     log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
              list(params.model.devices), precision, paths.checkpoint)
     history = fit(
@@ -146,7 +132,7 @@ def train_member(
         checkpoint_path=paths.checkpoint, device=device, precision=precision, epochs=tr.epochs,
         lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, update_rule=tr.update_rule,
         lr_factor=tr.lr_factor, lr_patience=tr.lr_patience, lr_drops=tr.lr_drops,
-        meta=meta, on_epoch=after_epoch, progress=progress, name=name,
+        meta=meta, on_epoch=on_epoch, progress=progress, name=name,
     )
     summary = {**meta, "epochs": len(history), "final": history[-1] if history else None}
     export_model(paths.model, model, meta)
@@ -189,7 +175,7 @@ def predict_member(
     name = model_path.parent.name
     device = params.model.devices[0]
     out: dict[str, str] = {}
-    views = {"center": False, **({"ten_crop": True} if params.evaluate.ten_crop else {})}
+    views = {CENTER: False, **({TEN_CROP: True} if params.evaluate.ten_crop else {})}
     for view, ten in views.items():
         data = loaders.EvalLoader(
             shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
@@ -200,26 +186,8 @@ def predict_member(
             probs, labels = predict(model, data, device=device,
                                     precision=resolve_precision(params.train.precision, device),
                                     total=len(data), desc=f"{name} {view}", progress=progress)
-        path = out_dir / f"{name}.{view}.npy"
+        path = out_dir / predictions_file(name, view)
         save_probs(path, probs)
         out[view] = str(path)
     return out
 
-
-def _fault_for(index: int, checkpoint: Path) -> Callable[[int], None]:
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return lambda epoch: None
-    try:
-        member, epoch_text = spec.split(":")
-        target = (int(member), int(epoch_text))
-    except ValueError:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected MEMBER:EPOCH, e.g. 1:2") from None
-    marker = checkpoint.with_suffix(".fault-fired")
-
-    def fire(epoch: int) -> None:
-        if (index, epoch) == target and not marker.exists():
-            marker.touch()
-            raise InjectedFault(f"{FAULT_ENV}: member {index} fails once after epoch {epoch}")
-
-    return fire

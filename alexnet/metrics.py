@@ -11,6 +11,8 @@ at every k: a diverged model must not score by accident.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -96,3 +98,8 @@ def mean_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % logits.dim() == logits.dim() - 1:
         raise ValueError("dim must not be the class dimension (the last one)")
     return torch.softmax(logits.float(), dim=-1).mean(dim=dim)
+
+
+def average_probs(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """§6: an ensemble's prediction is the average of its members' softmax outputs (each (N, C))."""
+    return torch.stack(list(member_probs)).mean(dim=0)

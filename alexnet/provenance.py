@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from alexnet.layout import DVC_LOCK_FILE
+
 _LIBRARY = Path(__file__).resolve().parent
 
 
@@ -41,7 +43,7 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def dvc_lock_version(stage: str, lock_path: str | Path = "dvc.lock") -> str | None:
+def dvc_lock_version(stage: str, lock_path: str | Path = DVC_LOCK_FILE) -> str | None:
     """The md5 DVC recorded for `stage`'s first output in dvc.lock (the versioned data), if any."""
     import yaml
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-VIEWS = ("center", "ten_crop")
+from alexnet.layout import VIEWS
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:

@@ -1,4 +1,4 @@
-"""MLflow tracking: one parent run per ensemble, one nested run per member, the ensemble in the registry.
+"""MLflow runs and metrics: one parent run per ensemble, one nested run per member.
 
 Where runs go (`resolve_tracking_uri`): params' tracking.uri, else $MLFLOW_TRACKING_URI, else
 `sqlite:///<project root>/mlflow.db`. Relative sqlite/file paths are resolved against the project
@@ -17,23 +17,19 @@ Failure policy (the DVC outputs are the record; MLflow is a view of them):
   tracked must not be silently incomplete.
 
 Every call names its run id (MlflowClient, no fluent active run), so members trained in threads
-or processes log safely; a `Tracker` pickles as (uri, experiment, artifact_root).
-
-Models are logged with MLflow's pytorch flavor in the "pt2" format (torch.export): the archive
-holds the graph and the weights, so `mlflow.pytorch.load_model("models:/<name>@champion")` needs
-neither this repo nor pickle. torch.jit.trace/script are deprecated in torch 2.14 and MLflow only
-saves ScriptModules via its pickle path, whose loading is refused unless
-MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set. Logged models output class probabilities (N, C).
+or processes log safely; a `Tracker` pickles as (uri, experiment, artifact_root). What the UI
+reads is written under MLflow's own names: the experiment's kind (`mlflow.experimentKind`: the
+model-training view, not GenAI's), each run's source and git commit (`mlflow.source.*`: the
+Source and Version columns) and the data it trained on as a dataset input (the Dataset column).
+Model export and the registry are in registry.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,22 +38,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
-from torch import nn
-
 from alexnet.config import flatten_mapping
+from alexnet.layout import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 DB_NAME = "mlflow.db"
-ARTIFACTS_DIR = "mlartifacts"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's tag of a nested run
+# The experiment's kind picks the UI's view; without it MLflow 3's UI infers one, and may open GenAI's.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+TRAINING_CONTEXT = "training"  # mlflow.data.context of the shards a run trained on
 EPOCH_METRICS = ("train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr", "images_per_s")
 PROBE_TIMEOUT_S = 3.0
 
 # Per-request chatter (table creation, alembic migrations) that says nothing about our runs.
-for _noisy in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -145,16 +141,20 @@ def _check_writable(folder: Path, uri: str, what: str) -> None:
         raise TrackingUnavailable(f"the tracking {what} {folder} for {uri} is not writable")
 
 
-def provenance_tags(*, git_commit: str, data_version: str | None, dataset: str,
+def provenance_tags(*, source: str, git_commit: str, data_version: str | None, dataset: str,
                     devices: Sequence[str]) -> dict[str, str]:
-    """The tags every run carries: where its code, data and compute came from."""
-    return {
-        "git_commit": git_commit,
-        "mlflow.source.git.commit": git_commit,  # shown by the MLflow UI
-        "data_version": data_version or "unknown",
-        "dataset": dataset,
-        "devices": ",".join(devices),
-    }
+    """The tags every run carries: where its code, data and compute came from.
+
+    Source and commit under MLflow's own keys (mlflow.utils.mlflow_tags), which the UI shows;
+    `git_commit` as provenance.git_commit gives it: "<sha>[-dirty]", or "unknown".
+    """
+    commit = git_commit.removesuffix("-dirty")
+    tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL",
+            "data_version": data_version or "unknown", "dataset": dataset, "devices": ",".join(devices)}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+        tags["mlflow.source.git.dirty"] = str(git_commit.endswith("-dirty")).lower()
+    return tags
 
 
 def flatten_metrics(nested: Mapping[str, Any]) -> dict[str, float]:
@@ -163,65 +163,10 @@ def flatten_metrics(nested: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
-def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
-    return text[:6000]  # MLflow's limit on a param value
-
-
 def _flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
-    return {name: _param_value(value) for name, value in flatten_mapping(params).items()}
-
-
-class SoftmaxAverage(nn.Module):
-    """§6: class probabilities averaged over members (one member: that member's softmax).
-
-    With `views`, the input is (N, V, 3, c, c), e.g. §4.1's ten patches, and the probabilities
-    are averaged over the views too, as `train.predict` does.
-    """
-
-    def __init__(self, members: Sequence[nn.Module], views: bool = False):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
-        self.views = views
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, c, c) or (N, V, 3, c, c) -> (N, C)
-        flat = images.flatten(0, 1) if self.views else images
-        probs = torch.stack([m(flat).float().softmax(dim=1) for m in self.members]).mean(dim=0)
-        return probs.unflatten(0, images.shape[:2]).mean(dim=1) if self.views else probs
-
-
-def weights_fingerprint(net: nn.Module, example: torch.Tensor) -> str:
-    """sha256 over the state dict and the input's shape: the same weights are logged only once."""
-    h = hashlib.sha256(repr((type(net).__name__, getattr(net, "views", None), tuple(example.shape[1:]))).encode())
-    for key, tensor in sorted(net.state_dict().items()):
-        h.update(key.encode())
-        t = tensor.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _check_exported(path: Path, net: nn.Module, example: torch.Tensor, name: str) -> None:
-    """The saved pt2 must take another batch size and agree with `net`, before it is uploaded.
-
-    torch.export silently fixes the batch size when forward branches or loops on it in Python
-    (a blocked kernel, say); such a model would fail on every other batch size once served.
-    """
-    batch = torch.cat([example, example[:1]])  # N + 1 images
-    with torch.no_grad():
-        expected = net(batch)
-        try:
-            got = torch.export.load(str(path)).module()(batch)
-        except Exception as err:  # noqa: BLE001 - re-raised with the cause and the fix
-            raise ValueError(
-                f"model {name!r} was exported for batch size {example.shape[0]} only ({type(err).__name__}: "
-                f"{str(err)[:300]}); its forward depends on the batch size in Python. Give it an "
-                f"export path without that (e.g. under torch.compiler.is_exporting())") from err
-    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-        diff = (got - expected).abs().max().item()
-        raise ValueError(f"exported model {name!r} differs from the in-memory one by up to {diff:.3g}")
+    # Lists as JSON; 6000 characters is MLflow's limit on a param value.
+    return {name: (json.dumps(v) if isinstance(v, list | tuple | dict) else str(v))[:6000]
+            for name, v in flatten_mapping(params).items()}
 
 
 class Tracker:
@@ -253,6 +198,8 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            for name in NOISY_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -266,7 +213,8 @@ class Tracker:
             if found is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=self._artifact_location())
+                        self.experiment, artifact_location=self._artifact_location(),
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
                 except MlflowException as err:  # created meanwhile by another member's process?
                     if err.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
@@ -277,6 +225,8 @@ class Tracker:
                         f"experiment {self.experiment!r} at {self.uri} is deleted: restore it "
                         f"(`mlflow experiments restore`) or set another tracking.experiment")
                 self._experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made before the kind was set; a user's choice stays
+                    self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self._experiment_id
 
     def _artifact_location(self) -> str | None:
@@ -306,7 +256,7 @@ class Tracker:
             self._epoch_logging_failed.discard(run_id)
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=member, tags={
-                "mlflow.parentRunId": parent_id, "role": "member", "member": member, **tags,
+                PARENT_TAG: parent_id, "role": "member", "member": member, **tags,
             }).info.run_id
         self._log_params(run_id, params)
         return run_id
@@ -315,16 +265,10 @@ class Tracker:
         """The id of `member`'s nested run under `parent_id`, if one was started."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' AND tags.member = '{member}'",
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' AND tags.member = '{member}'",
             max_results=1, order_by=["attributes.start_time ASC"],
         )
         return runs[0].info.run_id if runs else None
-
-    def members(self, parent_id: str) -> dict[str, str]:
-        """{member name: run id} of the nested runs under `parent_id`."""
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
-        return {r.data.tags.get("member", r.info.run_name): r.info.run_id for r in runs}
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run: FINISHED, FAILED or KILLED."""
@@ -390,143 +334,19 @@ class Tracker:
             else:
                 raise FileNotFoundError(f"artifact {path} does not exist (run {run_id})")
 
-    # --- models -----------------------------------------------------------------------------
+    # --- inputs -----------------------------------------------------------------------------
 
-    def log_model(self, run_id: str, model: nn.Module, example: torch.Tensor, name: str = "model", *,
-                  softmax: bool = True) -> str:
-        """Log `model` (logits -> probabilities if `softmax`) as a pt2 model of run `run_id`; its URI.
+    def log_dataset(self, run_id: str, *, name: str, digest: str, source: str,
+                    tags: Mapping[str, str] | None = None, context: str = TRAINING_CONTEXT) -> None:
+        """The data a run read as its dataset input (metadata only: name, digest, where it lies).
 
-        `example` is an input batch (N >= 2, so the batch dimension is exported as dynamic). Pass a
-        CPU, single-device instance in any mode: it is exported in eval mode. Weights that this
-        experiment already holds as a logged model (a retried task; a one-member ensemble, which is
-        its member) are not logged again: that model's URI is returned (tag "weights_sha256").
-        A forward that torch.export fixes to the example's batch size is refused (ValueError). The
-        paper net's fast LRN is such a forward: log a copy built with model.lrn_impl="torch"
-        (same formula, no weights of its own) until alexnet/lrn.py has an export path.
+        Logging the same dataset into the same run again (a retried member) adds nothing.
         """
-        if example.dim() < 1 or example.shape[0] < 2:
-            raise ValueError(f"example batch must hold at least 2 images (got shape {tuple(example.shape)}): "
-                             "torch.export fixes a batch dimension of 1")
-        net = SoftmaxAverage([model]) if softmax else model
-        digest = weights_fingerprint(net, example)
-        existing = self._logged_model(digest)
-        if existing is not None:
-            log.info("the weights of %s (run %s) are already logged as %s; not logging them again",
-                     name, run_id, existing)
-            return existing
-        return self._log_pt2(run_id, net, example, name, digest)
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    def log_ensemble(self, run_id: str, members: Sequence[nn.Module], example: torch.Tensor,
-                     name: str = "ensemble", *, ten_crop: bool = False) -> str:
-        """Log one model averaging the members' softmax (what the registry serves); its URI.
-
-        ten_crop=False: input (N, 3, c, c). ten_crop=True: input (N, 10, 3, c, c), §4.1's patches,
-        averaged too; `example` must then be 5-D.
-        """
-        if ten_crop and example.dim() != 5:
-            raise ValueError(f"ten_crop=True takes (N, V, 3, c, c) examples, got shape {tuple(example.shape)}")
-        return self.log_model(run_id, SoftmaxAverage(members, views=ten_crop), example, name, softmax=False)
-
-    def _logged_model(self, digest: str) -> str | None:
-        from mlflow.entities import LoggedModelStatus
-
-        found = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"tags.weights_sha256 = '{digest}'")
-        ready = [m for m in found if m.status == LoggedModelStatus.READY]
-        return f"models:/{ready[0].model_id}" if ready else None
-
-    def _log_pt2(self, run_id: str, net: nn.Module, example: torch.Tensor, name: str, digest: str) -> str:
-        # MlflowClient spelling of mlflow.pytorch.log_model, which would read the global tracking
-        # URI and active run: create the LoggedModel, save it locally, upload, mark it READY.
-        import mlflow.pytorch
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.models import Model, infer_signature
-
-        was_training = net.training
-        net.eval()  # dropout off: the exported graph is the inference graph
-        try:
-            with torch.no_grad():
-                output = net(example)
-            signature = infer_signature(example.numpy(), output.numpy())  # batch dim -1: dynamic
-            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
-                                                     tags={"weights_sha256": digest})
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = Path(tmp) / "model"
-                    mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                                         run_id=run_id, model_id=logged.model_id)
-                    mlflow.pytorch.save_model(
-                        net, str(local), mlflow_model=mlflow_model, signature=signature,
-                        input_example=example.numpy(), serialization_format="pt2",
-                        # Pinned here: MLflow's inference would load the model in a subprocess.
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                    )
-                    _check_exported(local / "data" / "model.pt2", net, example, name)
-                    self.client.log_model_artifacts(logged.model_id, str(local))
-            except BaseException:
-                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-                raise
-        finally:
-            net.train(was_training)
-        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        return f"models:/{logged.model_id}"
-
-    def register(self, model_uri: str, registered_name: str, metric_value: float, *,
-                 metric_name: str = "ten_crop.top1_err", alias: str = "champion",
-                 lower_is_better: bool = True) -> str:
-        """Register `model_uri` as a new version; move `alias` to it if it beats the holder's metric.
-
-        The metric is stored as version tags (metric_name, metric_value), so '@champion' is the
-        best ensemble registered so far; a tie keeps the earlier holder.
-        Returns the new version number; `champion()` tells who holds the alias. Aliases, not the
-        deprecated stages. Two processes registering at once may both see the old holder; the
-        later alias write wins (ensembles are registered one at a time by the evaluate flow).
-        """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(registered_name)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        source, run_id, model_id = model_uri, None, None
-        if re.fullmatch(r"models:/m-[0-9a-f]+", model_uri):
-            # Resolved here with our client: MLflow's SQL registry would look the logged model up
-            # through the process-global tracking URI (a TODO in its create_model_version).
-            model_id = model_uri.removeprefix("models:/")
-            logged = self.client.get_logged_model(model_id)
-            source, run_id = logged.artifact_location, logged.source_run_id
-        version = self.client.create_model_version(
-            registered_name, source=source, run_id=run_id, model_id=model_id,
-            tags={"metric_name": metric_name, "metric_value": repr(float(metric_value)), "model_uri": model_uri},
-        )
-        if self._beats_holder(registered_name, alias, float(metric_value), metric_name, lower_is_better):
-            self.client.set_registered_model_alias(registered_name, alias, version.version)
-            log.info("%s version %s is now @%s (%s %.4f)", registered_name, version.version, alias,
-                     metric_name, metric_value)
-        return str(version.version)
-
-    def champion(self, registered_name: str, alias: str = "champion"):
-        """The ModelVersion holding `alias`, or None."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            model = self.client.get_registered_model(registered_name)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return None
-        version = model.aliases.get(alias)
-        return None if version is None else self.client.get_model_version(registered_name, str(version))
-
-    def _beats_holder(self, name: str, alias: str, value: float, metric_name: str, lower_is_better: bool) -> bool:
-        holder = self.champion(name, alias)
-        if holder is None:
-            return True
-        held = holder.tags.get("metric_value")
-        if held is None or holder.tags.get("metric_name") != metric_name:
-            log.warning("%s@%s (version %s) has no %s tag; the new version takes the alias",
-                        name, alias, holder.version, metric_name)
-            return True
-        return value < float(held) if lower_is_better else value > float(held)
+        dataset = Dataset(name=name, digest=digest, source_type="local",
+                          source=LocalArtifactDatasetSource(str(source)).to_json())
+        input_tags = [InputTag("mlflow.data.context", context),
+                      *(InputTag(k, v) for k, v in sorted((tags or {}).items()))]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, input_tags)])

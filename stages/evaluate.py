@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from alexnet.config import load_params
+from alexnet.config import Params
 from alexnet.preflight import check_before_work
 from alexnet.shards import ShardsError
 from alexnet.tracking import TrackingUnavailable
@@ -17,27 +18,28 @@ from stages import run_stage
 
 # dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
 PARAMS = ("model", "train", "evaluate", "ensemble.members", "tracking.registered_model")
+FLAGS = (
+    ("--prepared", "the prepare stage's output (classes.csv)"),
+    ("--shards", "the preprocess stage's output"),
+    ("--models", "the train stage's output"),
+    ("--reports", "output folder: predictions, confusion matrix, plots"),
+    ("--metrics", "output: the DVC metrics file"),
+    ("--tracking-state", "the train stage's MLflow run ids"),
+)
+
+
+def work(params: Params, args: argparse.Namespace) -> None:
+    check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    from alexnet.ensemble import EvalPaths
+    from flows.evaluate_ensemble import evaluate_ensemble
+
+    evaluate_ensemble(params, EvalPaths(
+        prepared=Path(args.prepared), shards=Path(args.shards), models=Path(args.models),
+        reports=Path(args.reports), metrics=Path(args.metrics), tracking_state=Path(args.tracking_state)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    ap.add_argument("--prepared", required=True, help="the prepare stage's output (classes.csv)")
-    ap.add_argument("--shards", required=True, help="the preprocess stage's output")
-    ap.add_argument("--models", required=True, help="the train stage's output")
-    ap.add_argument("--reports", required=True, help="output folder: predictions, confusion matrix, plots")
-    ap.add_argument("--metrics", required=True, help="output: the DVC metrics file")
-    ap.add_argument("--tracking-state", required=True, help="the train stage's MLflow run ids")
-    args = ap.parse_args(argv)
-
-    def work() -> None:
-        check_before_work(load_params(args.params), args.params, args.prepared)  # before Prefect's server starts
-        from flows.evaluate_ensemble import evaluate_ensemble
-
-        evaluate_ensemble(params_path=args.params, prepared=args.prepared, shards=args.shards, models=args.models,
-                          reports=args.reports, metrics_path=args.metrics, tracking_state=args.tracking_state)
-
-    return run_stage("evaluate", work, (ShardsError, TrackingUnavailable))
+    return run_stage("evaluate", __doc__, FLAGS, work, argv, (ShardsError, TrackingUnavailable))
 
 
 if __name__ == "__main__":

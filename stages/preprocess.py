@@ -8,26 +8,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from alexnet.config import load_params
+from alexnet.config import Params
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardsError
 from stages import run_stage
 
 # dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
 PARAMS = ("preprocess",)
+FLAGS = (
+    ("--prepared", "the prepare stage's output folder"),
+    ("--out", "output folder (shards, manifest.json, mean.npy, pca.json)"),
+)
+
+
+def work(params: Params, args: argparse.Namespace) -> None:
+    preprocess(args.prepared, args.out, params.preprocess)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument("--prepared", required=True, help="the prepare stage's output folder")
-    parser.add_argument("--out", required=True, help="output folder (shards, manifest.json, mean.npy, pca.json)")
-    args = parser.parse_args(argv)
-
-    def work() -> None:
-        preprocess(args.prepared, args.out, load_params(args.params).preprocess)
-
-    return run_stage("preprocess", work, (ShardsError,))
+    return run_stage("preprocess", __doc__, FLAGS, work, argv, (ShardsError,))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from alexnet.compare import compare_table, main
 from alexnet.tracking import Tracker, local_artifact_root, provenance_tags, resolve_tracking_uri
 
-TAGS = provenance_tags(git_commit="abc123", data_version="v1", dataset="synthetic", devices=["cpu"])
+TAGS = provenance_tags(source="stages/train.py", git_commit="abc123", data_version="v1", dataset="synthetic",
+                       devices=["cpu"])
 
 
 def ensemble_metrics(center: float, ten_crop: float, members: dict[str, float]) -> dict:

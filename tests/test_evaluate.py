@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.evaluate import ensemble_report, evaluate_ensemble, load_probs, read_class_names, save_probs
+from alexnet.evaluate import (
+    ensemble_report,
+    evaluate_ensemble,
+    headline_view,
+    load_probs,
+    read_class_names,
+    save_probs,
+)
 from alexnet.summary import format_table, summary_rows
 
 
@@ -71,3 +78,8 @@ def test_evaluate_ensemble_writes_reports_from_saved_probabilities(tmp_path):
     assert names == ["member-0", "member-1", "member-2", "ensemble"]
     table = format_table(on_disk)
     assert f"{on_disk['ten_crop']['top1_err'] * 100:.2f}%" in table.splitlines()[-1]
+
+
+def test_the_headline_view_is_ten_crop_when_evaluated():
+    assert headline_view({"center": 0, "ten_crop": 0}) == "ten_crop"
+    assert headline_view(["center"]) == "center"

@@ -1,5 +1,6 @@
 """Prefect flows end to end on a tiny synthetic set, against Prefect's test server and a temporary
-MLflow SQLite store: nested runs, retry-and-resume, the ensemble average, the deployment schedule."""
+MLflow SQLite store: nested runs, retry-and-resume, the ensemble average, the deployment schedule.
+Every test here waits for the module's flows (a minute or more): all are marked slow."""
 
 import json
 from pathlib import Path
@@ -7,13 +8,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 from tiny import build_tiny_data, tiny_params
 
+from alexnet.config import parse_params
+from alexnet.ensemble import EvalPaths, TrainPaths
 from alexnet.evaluate import load_probs
-from alexnet.member import FAULT_ENV
+from alexnet.metrics import topk_errs
+from alexnet.shards import ShardSet, data_version
+
+pytestmark = pytest.mark.slow
+
+
+class InjectedFault(RuntimeError):
+    """The fault a test injects into one member's training."""
+
+
+def fail_once(member: int, epoch: int):
+    """An on_epoch hook that makes `member` fail once, right after `epoch`'s checkpoint is written."""
+    fired: list[int] = []
+
+    def hook(index: int, row: dict[str, float]) -> None:
+        if (index, int(row["epoch"])) == (member, epoch) and not fired:
+            fired.append(index)
+            raise InjectedFault(f"member {index} fails once after epoch {epoch}")
+
+    hook.fired = fired
+    return hook
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +55,15 @@ def project(tmp_path_factory, harness, data_dirs):
     raw = tiny_params(epochs=2)
     raw["ensemble"] = {"members": 2, "retries": 1}
     raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-flows"}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    paths = {"params_path": str(root / "params.yaml"), "prepared": str(data_dirs / "prepared"),
-             "shards": str(data_dirs / "shards"), "models": str(root / "models"),
-             "tracking_state": str(root / "models" / "tracking.json")}
-    mp = pytest.MonkeyPatch()
-    mp.setenv(FAULT_ENV, "1:1")
-    try:
-        train_state = train_ensemble(**paths, history=str(root / "history"), checkpoints=str(root / "ckpt"),
-                                     return_state=True)
-    finally:
-        mp.undo()
-    metrics = evaluate_ensemble(**paths, reports=str(root / "reports"), metrics_path=str(root / "metrics.json"))
-    return {"root": root, "train_state": train_state, "metrics": metrics, "raw": raw}
+    params = parse_params(raw)
+    common = {"prepared": data_dirs / "prepared", "shards": data_dirs / "shards", "models": root / "models",
+              "tracking_state": root / "models" / "tracking.json"}
+    fault = fail_once(member=1, epoch=1)
+    train_state = train_ensemble(params, TrainPaths(root=root, history=root / "history", checkpoints=root / "ckpt",
+                                                    **common), on_epoch=fault, return_state=True)
+    metrics = evaluate_ensemble(params, EvalPaths(reports=root / "reports", metrics=root / "metrics.json", **common))
+    return {"root": root, "train_state": train_state, "metrics": metrics, "fault": fault,
+            "shards": data_dirs / "shards"}
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +78,33 @@ def test_mlflow_holds_a_parent_run_with_nested_member_runs(project):
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.params["ensemble.members"] == "2"
     assert parent.data.tags["devices"] == "cpu"
-    assert len(parent.data.tags["data_version"]) >= 8
+    assert parent.data.tags["data_version"] == data_version(project["shards"])
+    client_exp = client.get_experiment(parent.info.experiment_id)
+    assert client_exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.metrics["ensemble.center.top1_err"] == pytest.approx(project["metrics"]["center"]["top1_err"])
     assert set(state["member_runs"]) == {"member-0", "member-1"}
     for name, run_id in state["member_runs"].items():
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"]
         steps = [m.step for m in client.get_metric_history(run_id, "val_top1_err")]
         # member-1 failed once after epoch 1: its retry resumed at epoch 2, so each epoch is logged once.
         assert sorted(steps) == [1, 2], (name, steps)
         assert run.data.metrics["ten_crop.top1_err"] == pytest.approx(
             project["metrics"]["members"][name]["ten_crop"]["top1_err"])
+
+
+def test_every_run_names_the_shards_it_trained_on(project):
+    state = json.loads((project["root"] / "models" / "tracking.json").read_text())
+    client = MlflowClient(state["uri"])
+    for run_id in [state["parent_run"], *state["member_runs"].values()]:
+        # one input each, also for member-1, whose retry logged it a second time
+        (got,) = client.get_run(run_id).inputs.dataset_inputs
+        assert got.dataset.name == "synthetic"
+        assert got.dataset.digest == data_version(project["shards"])
+        assert json.loads(got.dataset.source)["uri"] == str(project["shards"].resolve())
+        assert {t.key: t.value for t in got.tags}["mlflow.data.context"] == "training"
 
 
 def test_failed_member_was_retried_and_resumed(project):
@@ -81,10 +114,20 @@ def test_failed_member_was_retried_and_resumed(project):
     flow_run_id = project["train_state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    attempts = sorted(r.run_count for r in runs if r.name.startswith("train-member"))
-    assert attempts == [1, 2], attempts
-    marker = list((project["root"] / "ckpt").glob("member-1-*.fault-fired"))
-    assert len(marker) == 1
+    attempts = {r.name: r.run_count for r in runs if r.name.startswith("train-member")}
+    assert attempts == {"train-member-0": 1, "train-member-1": 2}, attempts
+    assert project["fault"].fired == [1]
+
+
+def test_the_flow_run_shows_the_params_it_was_given(project):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(project["train_state"].state_details.flow_run_id)
+    shown = flow_run.parameters
+    assert shown["params"]["train"]["epochs"] == 2 and shown["params"]["ensemble"]["members"] == 2
+    assert shown["params"]["model"]["devices"] == ["cpu"]
+    assert shown["paths"]["shards"] == str(project["shards"])
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members(project):
@@ -96,8 +139,15 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(project):
         assert np.allclose(ensemble.sum(dim=1).numpy(), 1.0, atol=1e-5)
     on_disk = json.loads((project["root"] / "metrics.json").read_text())
     assert set(on_disk["members"]) == {"member-0", "member-1"}
-    for key in ("center", "ten_crop"):
-        assert 0.0 <= on_disk[key]["top1_err"] <= on_disk[key]["top5_err"] or on_disk[key]["top5_err"] == 0.0
+    labels = torch.from_numpy(ShardSet(project["shards"], "val").labels)
+    for view in ("center", "ten_crop"):
+        # the figures are those of the saved ensemble probabilities
+        expected = topk_errs(load_probs(pred / f"ensemble.{view}.npy"), labels)
+        assert on_disk[view] == pytest.approx(expected)
+        assert 0.0 <= on_disk[view]["top5_err"] <= on_disk[view]["top1_err"] <= 1.0
+        for name in ("member-0", "member-1"):
+            member = topk_errs(load_probs(pred / f"{name}.{view}.npy"), labels)
+            assert on_disk["members"][name][view] == pytest.approx(member)
 
 
 def test_the_ensemble_is_registered_with_the_champion_alias(project):

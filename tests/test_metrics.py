@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from alexnet.metrics import (
+    average_probs,
     confusion_matrix,
     mean_softmax,
     per_class_accuracy,
@@ -102,3 +103,12 @@ def test_mean_softmax_averages_probabilities_over_views():
     assert avg[0, 0].item() == pytest.approx((0.5 + 1.0) / 2, abs=1e-6)
     with pytest.raises(ValueError, match="class dimension"):
         mean_softmax(logits, dim=-1)
+
+
+def test_average_probs_is_the_mean_of_the_members_and_keeps_rows_summing_to_one():
+    a = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    b = torch.tensor([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    avg = average_probs([a, b])
+    torch.testing.assert_close(avg, torch.tensor([[0.4, 0.5, 0.1], [0.2, 0.2, 0.6]]))
+    torch.testing.assert_close(avg.sum(dim=1), torch.ones(2))
+    assert torch.equal(average_probs([a]), a)  # one member: that member

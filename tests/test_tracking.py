@@ -1,6 +1,7 @@
 """MLflow tracking for real on a temporary SQLite store: nested runs, params, tags, histories,
-best-effort epoch logging, fail-fast checks, the registry's champion alias, and models that load
-back by `models:/<name>@champion` in a process that cannot import this repo."""
+what the MLflow UI reads (experiment kind, source, dataset input), best-effort epoch logging,
+fail-fast checks; the registry's champion alias, and models that load back by
+`models:/<name>@champion` in a process that cannot import this repo (registry.py)."""
 
 import json
 import logging
@@ -19,9 +20,13 @@ import torch
 from mlflow.entities import LoggedModelStatus
 from torch import nn
 
-from alexnet.config import Params, flatten
+from alexnet import model as alexnet_model
+from alexnet.config import ModelParams, Params, flatten
+from alexnet.registry import SoftmaxAverage, champion, log_ensemble, log_model, register
 from alexnet.tracking import (
-    SoftmaxAverage,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_TAG,
     Tracker,
     TrackingUnavailable,
     check_tracking,
@@ -32,7 +37,8 @@ from alexnet.tracking import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TAGS = provenance_tags(git_commit="abc123", data_version="d41d8cd9", dataset="synthetic", devices=["cpu"])
+TAGS = provenance_tags(source="stages/train.py", git_commit="abc123", data_version="d41d8cd9", dataset="synthetic",
+                       devices=["cpu"])
 METRICS = {  # evaluate.ensemble_report's layout
     "center": {"top1_err": 0.40, "top5_err": 0.10},
     "ten_crop": {"top1_err": 0.35, "top5_err": 0.08},
@@ -69,9 +75,15 @@ def store(tmp_path_factory):
     return root, resolve_tracking_uri("sqlite:///mlflow.db", root)
 
 
+def members_of(tracker: Tracker, parent_id: str) -> dict[str, str]:
+    """{member name: run id} of the nested runs under `parent_id`."""
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    return {r.data.tags.get("member", r.info.run_name): r.info.run_id for r in runs}
+
+
 @pytest.fixture(scope="module")
-def ensemble(store):
-    """A parent run with two members, their epoch histories, final metrics and models."""
+def runs(store):
+    """A parent run with two members, their epoch histories and final metrics."""
     root, uri = store
     tracker = Tracker(uri, "unit", local_artifact_root(uri, root))
     params = {**flatten(Params()), **{f"extra.k{i}": i for i in range(120)}}  # > 100: several batches
@@ -85,12 +97,18 @@ def ensemble(store):
         members[name], nets[name] = run_id, small_net(i)
         tracker.end(run_id)
     tracker.log_metrics(parent, METRICS)
-    example = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    member_uri = tracker.log_model(members["m0"], nets["m0"], example, "model")
-    ensemble_uri = tracker.log_ensemble(parent, list(nets.values()), example)
     tracker.end(parent)
-    return {"tracker": tracker, "parent": parent, "members": members, "nets": nets, "params": params,
-            "example": example, "member_uri": member_uri, "ensemble_uri": ensemble_uri}
+    return {"tracker": tracker, "parent": parent, "members": members, "nets": nets, "params": params}
+
+
+@pytest.fixture(scope="module")
+def ensemble(runs):
+    """`runs` with a member's model and the two members' ensemble logged (torch.export: seconds each)."""
+    tracker, members, nets = runs["tracker"], runs["members"], runs["nets"]
+    example = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    member_uri = log_model(tracker, members["m0"], nets["m0"], example, "model")
+    ensemble_uri = log_ensemble(tracker, runs["parent"], list(nets.values()), example)
+    return {**runs, "example": example, "member_uri": member_uri, "ensemble_uri": ensemble_uri}
 
 
 def test_uri_param_beats_env_beats_default(tmp_path, monkeypatch):
@@ -121,34 +139,70 @@ def test_sqlite_check_creates_the_folder_and_names_a_bad_one(tmp_path):
         check_tracking(uri)
 
 
-def test_parent_params_and_tags(ensemble):
-    client = ensemble["tracker"].client
-    run = client.get_run(ensemble["parent"])
+def test_parent_params_and_tags(runs):
+    client = runs["tracker"].client
+    run = client.get_run(runs["parent"])
     assert run.data.params["train.lr"] == "0.01"
     assert run.data.params["model.devices"] == '["cpu"]'
     assert run.data.params["extra.k119"] == "119"
-    assert len(run.data.params) == len(ensemble["params"])
-    for key in ("git_commit", "data_version", "dataset", "devices", "mlflow.source.git.commit"):
+    assert len(run.data.params) == len(runs["params"])
+    for key in ("data_version", "dataset", "devices"):
         assert run.data.tags[key] == TAGS[key]
+    # MLflow's own keys, which fill the UI's Source and Version columns
+    assert run.data.tags["mlflow.source.name"] == "stages/train.py"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.source.git.commit"] == "abc123"
+    assert run.data.tags["mlflow.source.git.dirty"] == "false"
     assert run.data.tags["role"] == "ensemble"
     assert run.info.status == "FINISHED"
 
 
-def test_metrics_json_is_flattened(ensemble):
-    metrics = ensemble["tracker"].client.get_run(ensemble["parent"]).data.metrics
+def test_the_experiment_opens_in_the_model_training_view(runs, store):
+    tracker = runs["tracker"]
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # An experiment made before the kind was set gets it; one whose kind a user chose keeps it.
+    old = tracker.client.create_experiment("made-earlier")
+    chosen = tracker.client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "finetuning"})
+    for name, want in (("made-earlier", EXPERIMENT_KIND), ("chosen", "finetuning")):
+        exp_id = Tracker(store[1], name).experiment_id
+        assert exp_id in (old, chosen)
+        assert tracker.client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == want
+
+
+def test_source_tags_follow_mlflow_for_dirty_and_unknown_checkouts():
+    dirty = provenance_tags(source="s", git_commit="abc123-dirty", data_version=None, dataset="d", devices=["cpu"])
+    assert dirty["mlflow.source.git.commit"] == "abc123" and dirty["mlflow.source.git.dirty"] == "true"
+    assert dirty["data_version"] == "unknown"
+    unknown = provenance_tags(source="s", git_commit="unknown", data_version="v", dataset="d", devices=["cpu"])
+    assert "mlflow.source.git.commit" not in unknown and "mlflow.source.git.dirty" not in unknown
+
+
+def test_the_training_data_is_the_runs_dataset_input(runs, tmp_path):
+    tracker, run_id = runs["tracker"], runs["members"]["m0"]
+    for _ in range(2):  # a retried member logs it again: still one input
+        tracker.log_dataset(run_id, name="synthetic", digest="0123456789ab", source=str(tmp_path / "shards"),
+                            tags={"dvc_data_version": "f00d.dir"})
+    (got,) = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert (got.dataset.name, got.dataset.digest) == ("synthetic", "0123456789ab")
+    assert json.loads(got.dataset.source) == {"uri": str(tmp_path / "shards")}
+    assert {t.key: t.value for t in got.tags} == {"mlflow.data.context": "training", "dvc_data_version": "f00d.dir"}
+
+
+def test_metrics_json_is_flattened(runs):
+    metrics = runs["tracker"].client.get_run(runs["parent"]).data.metrics
     assert metrics == flatten_metrics(METRICS)
     assert metrics["ensemble.ten_crop.top1_err"] == 0.35
     assert metrics["members.m1.center.top5_err"] == 0.13
     assert metrics["ensemble.members"] == 2
 
 
-def test_members_are_nested_with_epoch_histories(ensemble):
-    tracker, parent = ensemble["tracker"], ensemble["parent"]
-    assert tracker.members(parent) == ensemble["members"]
-    for i, (name, run_id) in enumerate(ensemble["members"].items()):
+def test_members_are_nested_with_epoch_histories(runs):
+    tracker, parent = runs["tracker"], runs["parent"]
+    assert members_of(tracker, parent) == runs["members"]
+    for i, (name, run_id) in enumerate(runs["members"].items()):
         run = tracker.client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent
-        assert run.data.tags["member"] == name and run.data.tags["git_commit"] == "abc123"
+        assert run.data.tags["member"] == name and run.data.tags["mlflow.source.git.commit"] == "abc123"
         assert run.data.params == {"train.seed": str(i)}
         expected = history(0.01 * i)
         for key in ("val_top1_err", "train_loss", "lr", "images_per_s"):
@@ -156,9 +210,9 @@ def test_members_are_nested_with_epoch_histories(ensemble):
             assert got == [(int(r["epoch"]), pytest.approx(r[key])) for r in expected]
 
 
-def test_retried_member_resumes_its_run(ensemble):
-    tracker, parent = ensemble["tracker"], ensemble["parent"]
-    run_id = ensemble["members"]["m1"]
+def test_retried_member_resumes_its_run(runs):
+    tracker, parent = runs["tracker"], runs["parent"]
+    run_id = runs["members"]["m1"]
     assert tracker.find_member(parent, "m1") == run_id
     assert tracker.find_member(parent, "m9") is None
     again = tracker.start_member(parent, "m1", {"train.seed": 1}, TAGS)
@@ -167,8 +221,8 @@ def test_retried_member_resumes_its_run(ensemble):
     tracker.end(run_id)
 
 
-def test_tracker_pickles_and_logs_from_threads(ensemble):
-    tracker, parent = ensemble["tracker"], ensemble["parent"]
+def test_tracker_pickles_and_logs_from_threads(runs):
+    tracker, parent = runs["tracker"], runs["parent"]
     copy = pickle.loads(pickle.dumps(tracker))
     assert (copy.uri, copy.experiment, copy.experiment_id) == (tracker.uri, tracker.experiment, tracker.experiment_id)
     ids: dict[str, str] = {}
@@ -203,9 +257,9 @@ def test_dead_server_mid_training_warns_once_and_does_not_raise(monkeypatch, cap
     assert uri in warnings[0].getMessage() and "log_history" in warnings[0].getMessage()
 
 
-def test_artifacts_stay_in_the_project_artifact_folder(ensemble, store, tmp_path, monkeypatch):
+def test_artifacts_stay_in_the_project_artifact_folder(runs, store, tmp_path, monkeypatch):
     root, _ = store
-    tracker, parent = ensemble["tracker"], ensemble["parent"]
+    tracker, parent = runs["tracker"], runs["parent"]
     monkeypatch.chdir(tmp_path)
     report = tmp_path / "report"
     report.mkdir()
@@ -220,14 +274,15 @@ def test_artifacts_stay_in_the_project_artifact_folder(ensemble, store, tmp_path
         tracker.log_artifacts(parent, [tmp_path / "missing.json"])
 
 
+@pytest.mark.slow
 def test_same_weights_are_not_logged_twice(ensemble):
     tracker, nets, example = ensemble["tracker"], ensemble["nets"], ensemble["example"]
     run_id = ensemble["members"]["m0"]
-    assert tracker.log_model(run_id, nets["m0"], example, "model") == ensemble["member_uri"]  # a retry
+    assert log_model(tracker, run_id, nets["m0"], example, "model") == ensemble["member_uri"]  # a retry
     # A one-member ensemble is its member: the parent gets the member's model, no second copy.
-    assert tracker.log_ensemble(ensemble["parent"], [nets["m0"]], example) == ensemble["member_uri"]
-    found = tracker.client.search_logged_models([tracker.experiment_id], filter_string="name != 'looped'")
-    assert len(found) == 2  # the member's and the two-member ensemble's
+    assert log_ensemble(tracker, ensemble["parent"], [nets["m0"]], example) == ensemble["member_uri"]
+    found = tracker.client.search_logged_models([tracker.experiment_id])
+    assert len([m for m in found if m.name in ("model", "ensemble")]) == 2  # the member's and the two-member ensemble's
 
 
 class PerImageLoop(nn.Module):
@@ -241,33 +296,35 @@ class PerImageLoop(nn.Module):
         return torch.cat([self.net(x[i : i + 1]) for i in range(x.shape[0])])
 
 
+@pytest.mark.slow
 def test_a_model_exported_for_one_batch_size_is_refused(ensemble):
     tracker, run_id = ensemble["tracker"], ensemble["members"]["m1"]
     with pytest.raises(ValueError, match="batch size 4 only"):
-        tracker.log_model(run_id, PerImageLoop(), ensemble["example"], "looped")
+        log_model(tracker, run_id, PerImageLoop(), ensemble["example"], "looped")
     failed = tracker.client.search_logged_models([tracker.experiment_id], filter_string="name = 'looped'")
     assert [m.status for m in failed] == [LoggedModelStatus.FAILED]  # never reused as "already logged"
 
 
+@pytest.mark.slow
 def test_champion_alias_moves_only_to_a_better_ensemble(ensemble):
     tracker, uri = ensemble["tracker"], ensemble["ensemble_uri"]
     name = "alias-test"
-    assert tracker.champion(name) is None
+    assert champion(tracker, name) is None
 
-    def champion() -> str:
-        return str(tracker.champion(name).version)
+    def holder() -> str:
+        return str(champion(tracker, name).version)
 
-    assert tracker.register(uri, name, 0.50) == "1" and champion() == "1"
-    assert tracker.register(uri, name, 0.60) == "2" and champion() == "1"
-    assert tracker.register(uri, name, 0.40) == "3" and champion() == "3"
-    assert tracker.register(uri, name, 0.40) == "4" and champion() == "3"  # a tie keeps the holder
+    assert register(tracker, uri, name, 0.50) == "1" and holder() == "1"
+    assert register(tracker, uri, name, 0.60) == "2" and holder() == "1"
+    assert register(tracker, uri, name, 0.40) == "3" and holder() == "3"
+    assert register(tracker, uri, name, 0.40) == "4" and holder() == "3"  # a tie keeps the holder
     v3 = tracker.client.get_model_version(name, "3")
     assert v3.tags["metric_value"] == "0.4" and v3.tags["metric_name"] == "ten_crop.top1_err"
     assert v3.run_id == ensemble["parent"]
     higher = "alias-higher"
-    tracker.register(uri, higher, 0.7, lower_is_better=False)
-    tracker.register(uri, higher, 0.9, lower_is_better=False)
-    assert str(tracker.champion(higher).version) == "2"
+    register(tracker, uri, higher, 0.7, lower_is_better=False)
+    register(tracker, uri, higher, 0.9, lower_is_better=False)
+    assert str(champion(tracker, higher).version) == "2"
 
 
 # Run in a fresh interpreter that cannot import this repo: no PYTHONPATH, cwd elsewhere, the
@@ -307,13 +364,14 @@ def load_without_repo(tracking_uri: str, model_uris: list[str], inputs: list[tor
     return [np.load(tmp / f"out{i}.npy") for i in range(len(model_uris))]
 
 
+@pytest.mark.slow
 def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
     _, uri = store
     tracker, nets = ensemble["tracker"], ensemble["nets"]
-    assert tracker.register(ensemble["ensemble_uri"], "roundtrip", 0.3) == "1"
+    assert register(tracker, ensemble["ensemble_uri"], "roundtrip", 0.3) == "1"
     views = torch.randn(3, 10, 3, 16, 16)
-    ten_crop_uri = tracker.log_ensemble(ensemble["parent"], list(nets.values()), views[:2], "ensemble-ten-crop",
-                                        ten_crop=True)
+    ten_crop_uri = log_ensemble(tracker, ensemble["parent"], list(nets.values()), views[:2], "ensemble-ten-crop",
+                                ten_crop=True)
     x = torch.randn(7, 3, 16, 16)  # another batch size than the example: the batch dim is dynamic
     champion, member, ten_crop = load_without_repo(
         uri, ["models:/roundtrip@champion", ensemble["member_uri"], ten_crop_uri], [x, x, views], tmp_path)
@@ -327,6 +385,7 @@ def test_champion_and_member_load_without_the_repo(ensemble, store, tmp_path):
     np.testing.assert_allclose(champion.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_real_alexnet_loads_without_the_repo(request, tmp_path):
     """The paper's net (two towers, §3.3 LRN) at a tiny crop, trained with the fast LRN, served as pt2.
 
@@ -334,9 +393,7 @@ def test_real_alexnet_loads_without_the_repo(request, tmp_path):
     fixes to one batch size (log_model refuses that); the copy logged here is built with
     lrn_impl="torch", the same formula with no weights of its own, and must match the fast net.
     """
-    model = pytest.importorskip("alexnet.model", reason="alexnet/model.py is not in the tree yet")
-    from alexnet.config import ModelParams
-
+    model = alexnet_model
     ensemble, store = request.getfixturevalue("ensemble"), request.getfixturevalue("store")
     cfg = ModelParams(crop_size=67, num_classes=5, devices=("cpu",))
     torch.manual_seed(0)
@@ -344,7 +401,7 @@ def test_real_alexnet_loads_without_the_repo(request, tmp_path):
     served = model.build_model(cfg.model_copy(update={"lrn_impl": "torch"}), 5)
     served.load_state_dict(trained.state_dict())
     x = torch.randn(3, 3, 67, 67)
-    uri = ensemble["tracker"].log_model(ensemble["members"]["m1"], served, x[:2], "alexnet")
+    uri = log_model(ensemble["tracker"], ensemble["members"]["m1"], served, x[:2], "alexnet")
     (loaded,) = load_without_repo(store[1], [uri], [x], tmp_path)
     with torch.no_grad():
         expected = trained(x).float().softmax(dim=1).numpy()
