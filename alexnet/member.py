@@ -124,8 +124,7 @@ def train_member(
     pin = torch.device(device).type == "cuda"  # page-locked batches: the copy to the GPU runs async
     train_data = loaders.TrainLoader(
         shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=tr.workers,
-        flip=tr.augment.flip, pca_lighting=tr.augment.pca_lighting, pca_std=tr.augment.pca_std,
-        pca_scale=tr.augment.pca_scale, divisor=params.model.input_scale, pin_memory=pin,
+        augment=tr.augment, divisor=params.model.input_scale, pin_memory=pin,
     )
     val_data = loaders.EvalLoader(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
