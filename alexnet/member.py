@@ -26,7 +26,7 @@ from alexnet.heap import keep_freed_memory
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
-from alexnet.train import configure_determinism, fit, predict, resolve_precision
+from alexnet.train import RunSpec, TrainData, configure_determinism, fit, predict, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,9 @@ def train_member(
 
     log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
              list(params.model.devices), precision, paths.checkpoint)
-    history = fit(
-        model, train_batches=train_data.epoch, val_batches=lambda: iter(val_data),
-        train_steps=len(train_data), val_steps=len(val_data),
-        checkpoint_path=paths.checkpoint, device=device, precision=precision, epochs=tr.epochs,
-        lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, update_rule=tr.update_rule,
-        lr_factor=tr.lr_factor, lr_patience=tr.lr_patience, lr_drops=tr.lr_drops,
-        meta=meta, on_epoch=after_epoch, progress=progress, name=name,
-    )
+    run = RunSpec(paths.checkpoint, device, precision, meta, name=name, progress=progress)
+    with train_data, val_data:
+        history = fit(model, TrainData(train_data, val_data), tr, run, on_epoch=after_epoch)
     summary = {**meta, "epochs": len(history), "final": history[-1] if history else None}
     export_model(paths.model, model, meta)
     write_history(paths.history, history)
