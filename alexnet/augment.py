@@ -92,7 +92,7 @@ def subtract_mean_windows(
     """
     n, c, s = crops.shape[0], crops.shape[1], mean.shape[0]
     if out is None:
-        out = torch.empty((n, c, c, 3), dtype=torch.float32)
+        out = torch.empty((n, c, c, 3), dtype=torch.float32, device=crops.device)
     out.copy_(crops)  # copy_ then sub_: a mixed uint8 - float32 op takes a slow, unvectorised path
     mean = mean.float()
     mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
@@ -142,7 +142,7 @@ def lighting_shift(
 def _to_nchw(x: torch.Tensor, divisor: float | torch.Tensor) -> torch.Tensor:
     # x float32 (..., c, c, 3) -> (..., 3, c, c), channels_last memory (a permuted view).
     if not (isinstance(divisor, float | int) and divisor == 1):
-        x.div_(torch.as_tensor(divisor, dtype=torch.float32))
+        x.div_(torch.as_tensor(divisor, dtype=torch.float32, device=x.device))
     return x.movedim(-1, -3)
 
 
@@ -223,7 +223,7 @@ def finish_eval(crops: torch.Tensor, mean_windows: torch.Tensor, divisor: float 
                 out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """uint8 views from `eval_crops` -> float32 (N, 3, c, c) or (N, 10, 3, c, c), mean windows subtracted."""
     if out is None:
-        out = torch.empty(crops.shape, dtype=torch.float32)
+        out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device)
     # copy_ then sub_: a mixed uint8 - float32 op takes a slow, unvectorised path.
     out.copy_(crops).sub_(mean_windows)
     return _to_nchw(out, divisor)

@@ -82,7 +82,7 @@ class TrainInputs:
     `cut`: the draws seeded by the batch key, then uint8 crops and mirrors (cheap, and a quarter
     of the bytes of the float batch: this half runs where the images are read).
     `finish`: float32, minus the mean windows, plus the lighting shift (one pass over the batch:
-    this half runs where the batch is consumed).
+    this half runs where the batch is consumed, on the device its crops, mean and draws are on).
     """
 
     def __init__(self, seed: int, stats: tuple[torch.Tensor, ...], divisor: Any, crop_size: int,
