@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from alexnet.config import AugmentParams
+
 PcaScale = Literal["unit_range", "sqrt", "pixel_range"]
 
 # Ten-crop order (§4.1): the four corners and the centre, then the same five windows mirrored.
@@ -90,15 +92,15 @@ def subtract_mean_windows(
     """
     n, c, s = crops.shape[0], crops.shape[1], mean.shape[0]
     if out is None:
-        out = torch.empty((n, c, c, 3), dtype=torch.float32)
-    out.copy_(crops)  # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower
+        out = torch.empty((n, c, c, 3), dtype=torch.float32, device=crops.device)
+    out.copy_(crops)  # copy_ then sub_: a mixed uint8 - float32 op takes a slow, unvectorised path
     mean = mean.float()
     mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
     for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
         out[i].sub_(mirrored_mean[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c])
     if shift is not None:
         # The shift as one image row (c * 3,) per image: adding rows keeps the inner loop long and
-        # vectorised; broadcasting a (3,) vector over the last dim runs ten times slower.
+        # vectorised; broadcasting a (3,) vector over the last dim makes the inner loop 3 long.
         out.view(n, c, c * 3).add_(shift.float().repeat(1, c)[:, None, :])
     return out
 
@@ -116,12 +118,12 @@ def lighting_shift(
     shift = [p1 p2 p3] [a1 w1, a2 w2, a3 w3]^T with a_i ~ N(0, std) drawn per image, where the
     weights w come from the eigenvalues l (given in 0..255 pixel units, i.e. pixel^2) by `scale`:
     - "unit_range": w = l / 255, the paper's formula with the covariance of pixel values taken
-      in [0, 1] (l / 255^2), the shift then expressed in 0..255 units. On Imagenette the first
-      axis moves by about 5 pixel levels (std), a mild change of illumination.
+      in [0, 1] (l / 255^2), the shift then expressed in 0..255 units: a shift of a few pixel
+      levels along the first axis, a mild change of illumination.
     - "sqrt": w = sqrt(l), 10 % of the natural spread along each principal axis; what common
-      re-implementations do (fb.resnet.torch, ClassyVision). About 12 levels on Imagenette.
-    - "pixel_range": w = l, the formula with the covariance in 0..255 units: std about 1300
-      levels on natural images, which buries the image. Kept only to show why not.
+      re-implementations do (fb.resnet.torch, ClassyVision). A larger shift than unit_range's.
+    - "pixel_range": w = l, the formula with the covariance in 0..255 units: on natural images
+      a shift far beyond the 0..255 range, which buries the image. Kept only to show why not.
     The shift's covariance is P diag(std^2 w^2) P^T.
     """
     eigenvalues = eigenvalues.double()
@@ -140,7 +142,7 @@ def lighting_shift(
 def _to_nchw(x: torch.Tensor, divisor: float | torch.Tensor) -> torch.Tensor:
     # x float32 (..., c, c, 3) -> (..., 3, c, c), channels_last memory (a permuted view).
     if not (isinstance(divisor, float | int) and divisor == 1):
-        x.div_(torch.as_tensor(divisor, dtype=torch.float32))
+        x.div_(torch.as_tensor(divisor, dtype=torch.float32, device=x.device))
     return x.movedim(-1, -3)
 
 
@@ -162,18 +164,17 @@ def draw_train(
     *,
     crop_size: int,
     generator: torch.Generator,
-    flip: bool = True,
-    pca_lighting: bool = True,
-    pca_std: float = 0.1,
-    pca_scale: PcaScale = "unit_range",
+    augment: AugmentParams,
 ) -> TrainDraws:
-    """§4.1's random choices for n images. The generator is always asked for crops, flips and
-    lighting in that order, whatever `flip`/`pca_lighting` say, so switching one augmentation
-    off leaves the others' draws unchanged."""
+    """§4.1's random choices for n images, as `augment` (the train.augment section) asks. The
+    generator is always asked for crops, flips and lighting in that order, whatever `augment.flip`
+    and `augment.pca_lighting` say, so switching one augmentation off leaves the others' draws
+    unchanged."""
     ys, xs = random_crop_offsets(n, stored_size, crop_size, generator)
     flips = random_flips(n, generator)
-    shift = lighting_shift(n, eigenvalues, eigenvectors, pca_std, generator, pca_scale)
-    return TrainDraws(ys, xs, flips if flip else torch.zeros_like(flips), shift if pca_lighting else None)
+    shift = lighting_shift(n, eigenvalues, eigenvectors, augment.pca_std, generator, augment.pca_scale)
+    return TrainDraws(ys, xs, flips if augment.flip else torch.zeros_like(flips),
+                      shift if augment.pca_lighting else None)  # fmt: skip
 
 
 def finish_train(
@@ -186,36 +187,6 @@ def finish_train(
     """uint8 crops (N, c, c, 3) cut by `crop_flip` with `draws` -> the float32 (N, 3, c, c) input."""
     x = subtract_mean_windows(crops, mean, draws.ys, draws.xs, draws.flips, draws.shift, out)
     return _to_nchw(x, divisor)
-
-
-def train_augment(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    eigenvalues: torch.Tensor,
-    eigenvectors: torch.Tensor,
-    *,
-    crop_size: int,
-    generator: torch.Generator,
-    flip: bool = True,
-    pca_lighting: bool = True,
-    pca_std: float = 0.1,
-    pca_scale: PcaScale = "unit_range",
-    divisor: float | torch.Tensor = 1.0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """§4.1 training input: random crop, random mirror, PCA lighting, minus the mean window.
-
-    images uint8 (N, S, S, 3) -> float32 (N, 3, c, c), channels_last memory: `draw_train`, then
-    `crop_flip` (uint8), then `finish_train` (float). The loader runs the first two in its
-    workers and the last in the main process, so a quarter of the bytes cross processes.
-    `divisor` (a float or a (3,) per-channel tensor) divides the result; 1.0 is the paper.
-    `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
-    """
-    _check_images(images, mean)
-    draws = draw_train(images.shape[0], images.shape[1], eigenvalues, eigenvectors, crop_size=crop_size,
-                       generator=generator, flip=flip, pca_lighting=pca_lighting, pca_std=pca_std,
-                       pca_scale=pca_scale)  # fmt: skip
-    return finish_train(crop_flip(images, draws.ys, draws.xs, draws.flips, crop_size), mean, draws, divisor, out)
 
 
 def _views(stored_size: int, crop_size: int, ten: bool) -> list[tuple[int, int, bool]]:
@@ -252,27 +223,10 @@ def finish_eval(crops: torch.Tensor, mean_windows: torch.Tensor, divisor: float 
                 out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """uint8 views from `eval_crops` -> float32 (N, 3, c, c) or (N, 10, 3, c, c), mean windows subtracted."""
     if out is None:
-        out = torch.empty(crops.shape, dtype=torch.float32)
-    # copy_ then sub_: a mixed uint8 - float32 op is an order of magnitude slower.
+        out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device)
+    # copy_ then sub_: a mixed uint8 - float32 op takes a slow, unvectorised path.
     out.copy_(crops).sub_(mean_windows)
     return _to_nchw(out, divisor)
-
-
-def center_crop(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    *,
-    crop_size: int,
-    divisor: float | torch.Tensor = 1.0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Test input: the central c x c patch minus the same window of the mean, float32 (N, 3, c, c).
-
-    `out`: an optional float32 (N, c, c, 3) buffer to write into (the result is a view of it).
-    """
-    _check_images(images, mean)
-    crops = eval_crops(images, crop_size=crop_size, ten=False)
-    return finish_eval(crops, eval_mean_windows(mean, crop_size=crop_size, ten=False), divisor, out)
 
 
 def ten_crop_offsets(stored_size: int, crop_size: int) -> list[tuple[int, int, bool]]:
@@ -282,31 +236,3 @@ def ten_crop_offsets(stored_size: int, crop_size: int) -> list[tuple[int, int, b
     far, mid = stored_size - crop_size, (stored_size - crop_size) // 2
     five = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
     return [(y, x, False) for y, x in five] + [(y, x, True) for y, x in five]
-
-
-def ten_crop(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    *,
-    crop_size: int,
-    divisor: float | torch.Tensor = 1.0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """§4.1 test views: float32 (N, 10, 3, c, c) in TEN_CROP_VIEWS order, mean window subtracted.
-
-    `.flatten(0, 1)` gives (N * 10, 3, c, c) as a view, image-major (image i's views are rows
-    10 i .. 10 i + 9), ready for one forward pass; average the softmax over the 10 afterwards.
-    `out`: an optional float32 (N, 10, c, c, 3) buffer to write into (the result is a view of it).
-    """
-    _check_images(images, mean)
-    crops = eval_crops(images, crop_size=crop_size, ten=True)
-    return finish_eval(crops, eval_mean_windows(mean, crop_size=crop_size, ten=True), divisor, out)
-
-
-def _check_images(images: torch.Tensor, mean: torch.Tensor) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[3] != 3:
-        raise ValueError(f"images must be uint8 (N, S, S, 3), got {images.dtype} {tuple(images.shape)}")
-    if images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must be square, got {tuple(images.shape[1:3])}")
-    if tuple(mean.shape) != tuple(images.shape[1:]):
-        raise ValueError(f"mean must be (S, S, 3) = {tuple(images.shape[1:])}, got {tuple(mean.shape)}")

@@ -26,7 +26,7 @@ from alexnet.layout import CENTER, CLASSES_FILE, HISTORY_SUFFIX, MODEL_FILE, SUM
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
-from alexnet.train import configure_determinism, fit, predict, resolve_precision
+from alexnet.train import RunSpec, TrainData, configure_determinism, fit, predict, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ def train_member(
     pin = torch.device(device).type == "cuda"  # page-locked batches: the copy to the GPU runs async
     train_data = loaders.TrainLoader(
         shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=tr.workers,
-        flip=tr.augment.flip, pca_lighting=tr.augment.pca_lighting, pca_std=tr.augment.pca_std,
-        pca_scale=tr.augment.pca_scale, divisor=params.model.input_scale, pin_memory=pin,
+        augment=tr.augment, divisor=params.model.input_scale, pin_memory=pin,
     )
     val_data = loaders.EvalLoader(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
@@ -126,14 +125,9 @@ def train_member(
     )
     log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
              list(params.model.devices), precision, paths.checkpoint)
-    history = fit(
-        model, train_batches=train_data.epoch, val_batches=lambda: iter(val_data),
-        train_steps=len(train_data), val_steps=len(val_data),
-        checkpoint_path=paths.checkpoint, device=device, precision=precision, epochs=tr.epochs,
-        lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, update_rule=tr.update_rule,
-        lr_factor=tr.lr_factor, lr_patience=tr.lr_patience, lr_drops=tr.lr_drops,
-        meta=meta, on_epoch=on_epoch, progress=progress, name=name,
-    )
+    run = RunSpec(paths.checkpoint, device, precision, meta, name=name, progress=progress)
+    with train_data, val_data:
+        history = fit(model, TrainData(train_data, val_data), tr, run, on_epoch=on_epoch)
     summary = {**meta, "epochs": len(history), "final": history[-1] if history else None}
     export_model(paths.model, model, meta)
     write_history(paths.history, history)

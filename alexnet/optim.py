@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import torch
 
+from alexnet.config import TrainParams
+
 
 class PaperSGD(torch.optim.Optimizer):
     """SGD exactly as §5 writes it: v <- m v - wd eps w - eps grad;  w <- w + v.
@@ -43,17 +45,12 @@ class PaperSGD(torch.optim.Optimizer):
             torch._foreach_add_(params, velocities)
 
 
-def make_optimizer(
-    params: Iterable[torch.Tensor],
-    *,
-    rule: Literal["paper", "pytorch"],
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-) -> torch.optim.Optimizer:
-    if rule == "paper":
-        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_optimizer(params: Iterable[torch.Tensor], train: TrainParams) -> torch.optim.Optimizer:
+    """The optimizer train.update_rule names, at train.lr, train.momentum and train.weight_decay."""
+    hyper = dict(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.update_rule == "paper":
+        return PaperSGD(params, **hyper)
+    return torch.optim.SGD(params, **hyper)
 
 
 class PlateauSchedule:
@@ -68,6 +65,11 @@ class PlateauSchedule:
         self.best = float("inf")
         self.bad_epochs = 0
         self.drops_done = 0
+
+    @classmethod
+    def of(cls, train: TrainParams) -> PlateauSchedule:
+        """The schedule the train section asks for: from train.lr, by lr_factor, lr_drops times."""
+        return cls(train.lr, factor=train.lr_factor, patience=train.lr_patience, drops=train.lr_drops)
 
     def step(self, val_err: float) -> Literal["keep", "drop", "stop"]:
         """Record one epoch's validation error; say whether to keep, drop the rate, or stop."""

@@ -1,4 +1,9 @@
-"""§5 training: plain functions for one epoch and for a whole run with exact resume."""
+"""§5 training: plain functions for one epoch and for a whole run with exact resume.
+
+`fit` takes built objects and small specs: the model, its data (`TrainData`: the loaders, or
+anything shaped like them), what it learns with (the train section of the params: epochs, the
+update rule, the schedule) and where it runs (`RunSpec`: device, precision, checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexnet.config import TrainParams
 from alexnet.metrics import mean_softmax, topk_err, topk_errs
 from alexnet.model import autocast
 from alexnet.optim import PlateauSchedule, make_optimizer, set_lr
@@ -24,11 +31,47 @@ log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
+class EpochBatches(Protocol):
+    """Training batches by epoch (a `loader.TrainLoader`): len() is the batches in an epoch."""
+
+    def epoch(self, epoch: int) -> Batches: ...
+
+    def __len__(self) -> int: ...
+
+
+class PassBatches(Protocol):
+    """One pass of test batches per iter() (a `loader.EvalLoader`): len() is the batches in a pass."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What `fit` trains on (train.epoch(e) each epoch) and validates on (one pass of val)."""
+
+    train: EpochBatches
+    val: PassBatches
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and how a run executes, apart from what it learns (TrainParams says that)."""
+
+    checkpoint: Path  # resumable state, written after every epoch
+    device: str
+    precision: str  # "fp32" or "bf16", as resolve_precision gave it
+    meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
+    name: str = "train"  # for logs and progress bars
+    progress: bool = True
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """"auto" -> "bf16" where the device computes bf16 natively, else "fp32".
 
     On a CPU without AVX-512 BF16/AMX (AVX2 only, say), oneDNN emulates bf16 and a training
-    step runs about 20x slower than fp32 (3.0 vs 59.9 img/s on a 2-core AVX2 EPYC), so auto
+    step runs many times slower than fp32 (the README's results log has the figure), so auto
     picks fp32 there.
     """
     if precision != "auto":
@@ -130,39 +173,24 @@ def predict(
 
 def fit(
     model: torch.nn.Module,
+    data: TrainData,
+    train: TrainParams,
+    run: RunSpec,
     *,
-    train_batches: Callable[[int], Batches],
-    val_batches: Callable[[], Batches],
-    train_steps: int | None,
-    val_steps: int | None,
-    checkpoint_path: str | Path,
-    device: str,
-    precision: str,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    update_rule: str,
-    lr_factor: float,
-    lr_patience: int,
-    lr_drops: int,
-    meta: dict[str, Any],
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    progress: bool = True,
-    name: str = "train",
 ) -> list[dict[str, float]]:
-    """Train until the epoch budget or the schedule's last plateau; checkpoint every epoch.
+    """Train until train.epochs or the schedule's last plateau; checkpoint every epoch.
 
-    If `checkpoint_path` exists, training resumes from it: model, optimizer velocity, schedule,
+    If `run.checkpoint` exists, training resumes from it: model, optimizer velocity, schedule,
     RNG states and history are restored, so the run continues exactly where it stopped.
-    `meta` (resolved params, data version, commit) is stored in every checkpoint.
+    `run.meta` (resolved params, data version, commit) is stored in every checkpoint.
+    `on_epoch` gets each epoch's history row once its checkpoint is written.
     Returns the per-epoch history.
     """
-    checkpoint_path = Path(checkpoint_path)
-    optimizer = make_optimizer(
-        model.parameters(), rule=update_rule, lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
-    schedule = PlateauSchedule(lr, factor=lr_factor, patience=lr_patience, drops=lr_drops)
+    checkpoint_path, name, device, precision = Path(run.checkpoint), run.name, run.device, run.precision
+    epochs, progress = train.epochs, run.progress
+    optimizer = make_optimizer(model.parameters(), train)
+    schedule = PlateauSchedule.of(train)
     history: list[dict[str, float]] = []
     start_epoch, finished = 0, False
     if checkpoint_path.exists():
@@ -177,9 +205,9 @@ def fit(
                  " (already finished)" if finished else "")
     for epoch in _epochs(start_epoch, epochs, finished):
         set_lr(optimizer, schedule.lr)
-        stats = train_one_epoch(model, train_batches(epoch), optimizer, device=device, precision=precision,
-                                total=train_steps, desc=f"{name} epoch {epoch + 1}/{epochs}", progress=progress)
-        probs, labels = predict(model, val_batches(), device=device, precision=precision, total=val_steps,
+        stats = train_one_epoch(model, data.train.epoch(epoch), optimizer, device=device, precision=precision,
+                                total=len(data.train), desc=f"{name} epoch {epoch + 1}/{epochs}", progress=progress)
+        probs, labels = predict(model, iter(data.val), device=device, precision=precision, total=len(data.val),
                                 desc=f"{name} val", progress=progress)
         val = topk_errs(probs, labels)
         row = {"epoch": epoch + 1, "lr": schedule.lr, "train_loss": stats["loss"],
@@ -194,7 +222,7 @@ def fit(
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "rng": rng_state(), "history": history,
-            "epoch": epoch + 1, "finished": finished, "meta": meta,
+            "epoch": epoch + 1, "finished": finished, "meta": run.meta,
         })
         if on_epoch is not None:
             on_epoch(row)

@@ -37,17 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.config import DataParams, PreprocessParams
+from alexnet.config import AugmentParams, DataParams, PreprocessParams
 from alexnet.loader import TrainLoader
 from alexnet.prepare import prepare
 from alexnet.preprocess import preprocess
 
-IMAGENETTE = Path("/work/shared/datasets/imagenette-224")
+# Beside the repository, not inside it: a clone without ../shared passes --data.
+IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "imagenette-224"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=IMAGENETTE, help="an image tree: train/<class>/*.JPEG")
+    p.add_argument("--data", type=Path, default=IMAGENETTE,
+                   help="an image tree: train/<class>/*.JPEG (default: ../shared/datasets/imagenette-224 "
+                        "beside the repository)")  # fmt: skip
     p.add_argument("--images", type=int, default=1024, help="training images to shard")
     p.add_argument("--stored-size", type=int, default=146, help="the demo's 146; the paper's 256")
     p.add_argument("--crop", type=int, default=128, help="the demo's 128; the paper's 224")
@@ -57,13 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="timed batches per window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 only where the CPU has it natively (AVX-512 BF16 / AMX): emulated, it is ~20x slower")
+                   help="bf16 only where the CPU has it natively (AVX-512 BF16 / AMX): emulated, it is far slower")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the main process")
     p.add_argument("--skip-train", action="store_true", help="loader-only comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 images, batch 32, 2 steps, 1 repeat")
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.batch_size, args.steps, args.repeats = 256, 32, 2, 1
+    if not (args.data / "train").is_dir():
+        p.error(f"--data {args.data}: no train/ folder there (expected an image tree train/<class>/*.JPEG)")
     if args.images // args.batch_size < args.steps + 1:
         p.error(f"--images {args.images} gives {args.images // args.batch_size} batches an epoch; "
                 f"a window needs --steps + 1 = {args.steps + 1}")  # fmt: skip
@@ -168,7 +173,8 @@ def run(args: argparse.Namespace) -> dict:
                                                                       shard_size=512, workers=2), progress=False)
         build_s = time.perf_counter() - t
         num_classes = sum(1 for _ in (tree / "train").iterdir())
-        options = dict(batch_size=args.batch_size, crop_size=args.crop, seed=0, workers=args.workers)
+        options = dict(batch_size=args.batch_size, crop_size=args.crop, seed=0, workers=args.workers,
+                       augment=AugmentParams())  # the paper's §4.1 augmentations, as the pipeline's default
         result: dict = {}
         with TrainLoader(tmp / "shards", **options) as loader:
             epochs = iter(range(10**9))

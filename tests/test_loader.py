@@ -3,13 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from augment_ref import center_crop
 
-from alexnet.augment import center_crop
-from alexnet.config import DataParams, PreprocessParams, SyntheticParams
-from alexnet.loader import EvalLoader, TrainLoader, epoch_permutation, eval_batches, train_batches
+from alexnet.batches import epoch_permutation, eval_keys, train_keys
+from alexnet.config import AugmentParams, DataParams, PreprocessParams, SyntheticParams
+from alexnet.loader import EvalLoader, TrainLoader
 from alexnet.prepare import prepare
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardSet, load_stats
+from alexnet.shm import CropRing
 
 S, CROP = 32, 16
 SYNTHETIC = dict(classes=5, train_per_class=10, val_per_class=5, min_side=32, max_side=48, seed=0)
@@ -31,7 +33,19 @@ def shards_dir(request, prepared_dir, tmp_path_factory):
     return d
 
 
-OPTIONS = dict(batch_size=8, crop_size=CROP, seed=3)
+OPTIONS = dict(batch_size=8, crop_size=CROP, seed=3, augment=AugmentParams())
+
+
+def train_batches(shards_dir, *, epoch, **options):
+    """One epoch from a fresh TrainLoader, closed after."""
+    with TrainLoader(shards_dir, **options) as loader:
+        yield from loader.epoch(epoch)
+
+
+def eval_batches(shards_dir, **options):
+    """One pass from a fresh EvalLoader, closed after."""
+    with EvalLoader(shards_dir, **options) as loader:
+        yield from loader
 
 
 def collect(batches):
@@ -78,7 +92,7 @@ def test_batches_hold_the_images_of_their_indices(shards_dir):
     train = ShardSet(shards_dir, "train")
     order = epoch_permutation(3, 0, len(train))
     mean = torch.from_numpy(load_stats(shards_dir)[0])
-    options = OPTIONS | dict(crop_size=S, flip=False, pca_lighting=False)
+    options = OPTIONS | dict(crop_size=S, augment=AugmentParams(flip=False, pca_lighting=False))
     for b, (x, y) in enumerate(train_batches(shards_dir, epoch=0, workers=2, **options)):
         indices = np.sort(order[b * 8 : (b + 1) * 8])
         want = torch.from_numpy(train.read(indices)).float() - mean
@@ -148,17 +162,15 @@ def test_eval_keeps_every_image_in_order(shards_dir):
 
 def test_bad_options_are_rejected(shards_dir):
     with pytest.raises(ValueError, match="crop_size"):
-        TrainLoader(shards_dir, batch_size=8, crop_size=S + 1, seed=0, workers=0)
+        TrainLoader(shards_dir, **(OPTIONS | dict(crop_size=S + 1)), workers=0)
     with pytest.raises(ValueError, match="larger than"):
-        TrainLoader(shards_dir, batch_size=1000, crop_size=CROP, seed=0, workers=0)
+        TrainLoader(shards_dir, **(OPTIONS | dict(batch_size=1000)), workers=0)
     with TrainLoader(shards_dir, workers=0, **OPTIONS) as loader, pytest.raises(ValueError, match="start_batch"):
         loader.epoch(0, start_batch=len(loader) + 1)
 
 
 def test_a_slot_rewritten_while_read_is_refused():
-    from alexnet.loader import _CropRing
-
-    ring = _CropRing(workers=1, prefetch=2, shape=(4, 2, 2, 3))
+    ring = CropRing(workers=1, prefetch=2, shape=(4, 2, 2, 3))
     ticket = (0, 1, 7, 4)  # worker 0, slot 1, its batch 7, 4 images
     ring.seal(ticket)
     assert ring.view(ticket).shape == (4, 2, 2, 3)
@@ -169,3 +181,20 @@ def test_a_slot_rewritten_while_read_is_refused():
     ring.stamps[0, 1] = 10  # ... and finished it
     with pytest.raises(RuntimeError, match="rewrote slot 1"):
         ring.check(ticket)
+
+
+def test_batch_keys_are_pure_and_cover_an_epoch_once():
+    # No shards and no processes: the keys alone say which images form each batch.
+    n, b = 29, 4
+    keys = list(train_keys(3, 1, n, b))
+    assert [(e, i) for e, i, _ in keys] == [(1, i) for i in range(n // b)]
+    taken = np.concatenate([idx for _, _, idx in keys])
+    assert len(set(taken.tolist())) == len(taken) == (n // b) * b  # no repeats, last partial batch dropped
+    assert all(np.array_equal(idx, np.sort(epoch_permutation(3, 1, n)[i * b : (i + 1) * b])) for _, i, idx in keys)
+    resumed = list(train_keys(3, 1, n, b, start_batch=5))
+    assert [i for _, i, _ in resumed] == [5, 6] and all(
+        np.array_equal(x, y) for (_, _, x), (_, _, y) in zip(resumed, keys[5:], strict=True))
+    assert not np.array_equal(taken, np.concatenate([idx for _, _, idx in train_keys(3, 2, n, b)]))
+    with pytest.raises(ValueError, match="start_batch=8"):
+        list(train_keys(3, 1, n, b, start_batch=8))
+    assert [idx.tolist() for _, _, idx in eval_keys(10, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

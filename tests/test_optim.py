@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from alexnet.optim import PaperSGD, PlateauSchedule, set_lr
+from alexnet.config import TrainParams
+from alexnet.optim import PaperSGD, PlateauSchedule, make_optimizer, set_lr
 
 
 def _run(opt_factory, lrs, seed=0):
@@ -86,3 +87,16 @@ def test_plateau_schedule_state_round_trips():
     b = PlateauSchedule(0.01, factor=0.1, patience=2, drops=3)
     b.load_state_dict(a.state_dict())
     assert [a.step(0.7) for _ in range(5)] == [b.step(0.7) for _ in range(5)]
+
+
+def test_the_train_section_builds_the_optimizer_and_schedule_it_names():
+    w = [torch.zeros(2, requires_grad=True)]
+    train = TrainParams(lr=0.02, momentum=0.8, weight_decay=1e-3, lr_factor=0.5, lr_patience=0, lr_drops=1)
+    for rule, kind in [("paper", PaperSGD), ("pytorch", torch.optim.SGD)]:
+        opt = make_optimizer(w, train.model_copy(update={"update_rule": rule}))
+        assert type(opt) is kind
+        group = opt.param_groups[0]
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.8, 1e-3)
+    sched = PlateauSchedule.of(train)
+    assert [sched.step(e) for e in (0.5, 0.5, 0.5)] == ["keep", "drop", "stop"]
+    assert sched.lr == pytest.approx(0.01)

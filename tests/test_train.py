@@ -1,6 +1,7 @@
 """Training end to end on a tiny synthetic set: the loss falls, and a killed run resumes exactly."""
 
 import os
+import selectors
 import signal
 import subprocess
 import time
@@ -9,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_data, tiny_params, train_command
+from tiny import EPOCH_LINE, build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
-from alexnet.config import parse_params
+from alexnet.config import TrainParams, parse_params
 from alexnet.member import MemberPaths, run_key, train_member
+from alexnet.train import RunSpec, TrainData, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +30,7 @@ def _dirs(data, out):
             "history_dir": out / "history", "checkpoints_dir": out / "checkpoints"}
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_writes_its_outputs(data, tmp_path):
     params = parse_params(tiny_params(epochs=6))
     result = train_member(0, params, progress=False, **_dirs(data, tmp_path))
@@ -44,6 +47,7 @@ def test_tiny_run_learns_and_writes_its_outputs(data, tmp_path):
     assert len(exported["meta"]["data_version"]) >= 8
 
 
+@pytest.mark.slow
 def test_a_finished_member_is_not_trained_again(data, tmp_path):
     params = parse_params(tiny_params(epochs=1))
     train_member(0, params, progress=False, **_dirs(data, tmp_path))
@@ -56,12 +60,74 @@ def test_a_finished_member_is_not_trained_again(data, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def _train_process(params_file, data, out):
+class _Epochs:
+    """In-memory training batches by epoch: what fit needs of a TrainLoader."""
+
+    def __init__(self, seed):
+        gen = torch.Generator().manual_seed(seed)
+        self.batches = [(torch.randn(4, 3, 2, 2, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+                        for _ in range(3)]  # fmt: skip
+
+    def epoch(self, epoch):
+        return iter(self.batches[epoch % 3 :] + self.batches[: epoch % 3])
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _fit_small(checkpoint, epochs=6, on_epoch=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 3))
+    data = TrainData(train=_Epochs(1), val=_Epochs(2).batches)
+    train = TrainParams(epochs=epochs, lr=0.1, lr_patience=0, lr_drops=5)
+    history = fit(model, data, train, RunSpec(checkpoint, "cpu", "fp32", progress=False), on_epoch=on_epoch)
+    return model.state_dict(), history
+
+
+def test_fit_on_built_objects_resumes_exactly_after_a_crash(tmp_path):
+    # fit takes any batches shaped like the loaders; a run stopped after an epoch's checkpoint and
+    # started again continues with the same velocity, schedule and dropout draws as an unbroken one.
+    whole, whole_history = _fit_small(tmp_path / "whole.pt")
+
+    def crash(row):
+        if row["epoch"] == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        _fit_small(tmp_path / "broken.pt", on_epoch=crash)
+    resumed, resumed_history = _fit_small(tmp_path / "broken.pt")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    strip = [{k: v for k, v in row.items() if k != "images_per_s"} for row in whole_history]
+    assert strip == [{k: v for k, v in row.items() if k != "images_per_s"} for row in resumed_history]
+    assert len({row["lr"] for row in whole_history}) > 1  # the schedule dropped the rate on the way
+
+
+def _train_process(params_file, data, out, stdout=subprocess.DEVNULL):
     return subprocess.Popen(train_command(params_file, data, out),
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_line(proc, line, timeout):
+    """Read proc's stdout until `line` (the process's own word that it got there), at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {line!r} from the training process within {timeout} s"
+            if sel.select(left):
+                got = proc.stdout.readline()
+                assert got, f"training ended before {line!r}: {proc.stderr.read()}"
+                if got.strip() == line:
+                    return
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical_to_an_uninterrupted_one(data, tmp_path):
     raw = tiny_params(epochs=4)
     params_file = tmp_path / "params.yaml"
@@ -75,13 +141,9 @@ def test_killed_run_resumes_bit_identical_to_an_uninterrupted_one(data, tmp_path
 
     broken = tmp_path / "broken"
     checkpoint = MemberPaths.of(0, broken / "models", broken / "history", broken / "checkpoints", key).checkpoint
-    proc = _train_process(params_file, data, broken)
-    deadline = time.monotonic() + 600
-    # Kill it (SIGKILL: no cleanup) once epoch 2 is checkpointed, i.e. inside epoch 3.
-    while not (checkpoint.exists() and load_checkpoint(checkpoint)["epoch"] >= 2):
-        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = _train_process(params_file, data, broken, stdout=subprocess.PIPE)
+    # Kill it (SIGKILL: no cleanup) once it says epoch 2 is checkpointed, i.e. inside epoch 3.
+    _wait_for_line(proc, EPOCH_LINE.format(2), timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (broken / "models" / "member-0" / "model.pt").exists()

@@ -39,10 +39,13 @@ from alexnet.member import train_member
 raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
 train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
              models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
-             progress=False)
+             on_epoch=lambda row: print(EPOCH_LINE.format(int(row["epoch"])), flush=True), progress=False)
 """
+# What the training process prints once an epoch's checkpoint is written: a test waits for it.
+EPOCH_LINE = "checkpointed epoch {}"
 
 
 def train_command(params_file: Path, data: Path, out: Path) -> list[str]:
     """A fresh Python process that trains member 0 with params_file on build_tiny_data's data into out."""
-    return [sys.executable, "-c", _TRAIN_SCRIPT, str(params_file), str(data), str(out)]
+    script = f"EPOCH_LINE = {EPOCH_LINE!r}\n{_TRAIN_SCRIPT}"
+    return [sys.executable, "-c", script, str(params_file), str(data), str(out)]
