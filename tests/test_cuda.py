@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny import build_tiny_data, tiny_params, train_command
+from tiny import FAULT_LINE, build_tiny_data, tiny_params, train_command
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.lrn import LocalResponseNorm, local_response_norm
@@ -135,19 +135,18 @@ def test_member_on_two_gpu_devices_in_bf16_resumes_bit_identical(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
 
-    def run(out, fault=""):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "ALEXNET_FAIL_ONCE": fault}
+    def run(out, fail_after=0):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         env.pop("CUBLAS_WORKSPACE_CONFIG", None)  # the library must set it itself
-        return subprocess.run(train_command(params_file, data, tmp_path / out), cwd=ROOT, env=env,
+        return subprocess.run(train_command(params_file, data, tmp_path / out, fail_after), cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
 
     unbroken = run("a")
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
     assert json.loads((tmp_path / "a" / "models" / "member-0" / "summary.json").read_text())["precision"] == "bf16"
-    failed = run("b", fault="0:1")
-    assert failed.returncode != 0 and "InjectedFault" in failed.stderr, failed.stderr[-3000:]
-    resumed = run("b", fault="0:1")
+    failed = run("b", fail_after=1)
+    assert failed.returncode != 0 and FAULT_LINE.format(1) in failed.stderr, failed.stderr[-3000:]
+    resumed = run("b", fail_after=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = load_checkpoint(tmp_path / "a" / "models" / "member-0" / "model.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "models" / "member-0" / "model.pt")["model"]

@@ -37,15 +37,28 @@ from pathlib import Path
 from alexnet.config import parse_params
 from alexnet.member import train_member
 raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
+fail_after, fired = int(sys.argv[4]), out / "fault-fired"
+
+def on_epoch(row):
+    print(EPOCH_LINE.format(int(row["epoch"])), flush=True)
+    if int(row["epoch"]) == fail_after and not fired.exists():  # once: the rerun goes on
+        fired.touch()
+        raise RuntimeError(FAULT_LINE.format(fail_after))
+
 train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
              models_dir=out / "models", history_dir=out / "history", checkpoints_dir=out / "checkpoints",
-             on_epoch=lambda row: print(EPOCH_LINE.format(int(row["epoch"])), flush=True), progress=False)
+             on_epoch=on_epoch, progress=False)
 """
 # What the training process prints once an epoch's checkpoint is written: a test waits for it.
 EPOCH_LINE = "checkpointed epoch {}"
+# What it raises when told to fail once after an epoch (a crash between epochs, for resume tests).
+FAULT_LINE = "injected fault after epoch {}"
 
 
-def train_command(params_file: Path, data: Path, out: Path) -> list[str]:
-    """A fresh Python process that trains member 0 with params_file on build_tiny_data's data into out."""
-    script = f"EPOCH_LINE = {EPOCH_LINE!r}\n{_TRAIN_SCRIPT}"
-    return [sys.executable, "-c", script, str(params_file), str(data), str(out)]
+def train_command(params_file: Path, data: Path, out: Path, fail_after: int = 0) -> list[str]:
+    """A fresh Python process that trains member 0 with params_file on build_tiny_data's data into out.
+
+    fail_after=N: the first run into `out` fails right after epoch N's checkpoint; a rerun resumes.
+    """
+    script = f"EPOCH_LINE = {EPOCH_LINE!r}\nFAULT_LINE = {FAULT_LINE!r}\n{_TRAIN_SCRIPT}"
+    return [sys.executable, "-c", script, str(params_file), str(data), str(out), str(fail_after)]
