@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from alexnet.geometry import pooled_size
 from alexnet.paramsfile import ParamsError, read_params_file
 
 
@@ -224,9 +225,7 @@ def _check_across_sections(params: Params, source: str) -> None:
 
 @functools.cache
 def _smallest_crop(pooling: str) -> int:
-    """The smallest crop side the network can pool down to a non-empty pool5 (alexnet.model decides)."""
-    from alexnet.model import pooled_size  # torch: imported only when params are checked
-
+    """The smallest crop side the network can pool down to a non-empty pool5 (alexnet.geometry decides)."""
     side = 1
     while True:
         try:

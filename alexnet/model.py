@@ -26,23 +26,13 @@ import torch
 from torch import nn
 
 from alexnet.config import ModelParams
+from alexnet.geometry import POOL_WINDOWS, pooled_size
 from alexnet.lrn import IMPLS, LocalResponseNorm
 from alexnet.towers import TowerConv2d, TowerLinear, Towers
 
 # §3.3: k=2, n=5, alpha=1e-4 (multiplying the plain sum), beta=0.75.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
-
-
-def pooled_size(crop_size: int, pooling: str = "overlapping") -> int:
-    """Side of pool5's feature map for a square crop (6 for 224, both poolings)."""
-    kernel, stride = (3, 2) if pooling == "overlapping" else (2, 2)
-    side = (crop_size + 2 * 2 - 11) // 4 + 1  # conv1: 11x11, stride 4, padding 2 -> 55 for 224
-    for _ in range(3):  # pool1, pool2, pool5 (conv2..conv5 keep the size)
-        side = (side - kernel) // stride + 1
-    if side < 1:
-        raise ValueError(f"crop_size={crop_size} is too small for the network (pool5 would be empty)")
-    return side
 
 
 class AlexNet(nn.Module):
@@ -89,7 +79,7 @@ class AlexNet(nn.Module):
 
         def pool():
             # §3.4: overlapping pooling, 3x3 windows 2 apart; or the 2x2 non-overlapping ablation.
-            return nn.MaxPool2d(3 if pooling == "overlapping" else 2, 2)
+            return nn.MaxPool2d(*POOL_WINDOWS[pooling])
 
         # Registered in Figure 2's order; only conv* and fc* hold parameters.
         self.conv1 = conv(3, 96, 11, stride=4, padding=2, connects="both")  # (N, 96, 55, 55)

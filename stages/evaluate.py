@@ -17,7 +17,17 @@ from alexnet.tracking import TrackingUnavailable
 from stages import run_stage
 
 # dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
-PARAMS = ("model", "train", "evaluate", "ensemble.members", "tracking.registered_model")
+PARAMS = (
+    "data",
+    "ensemble.members",
+    "evaluate.batch_size",
+    "evaluate.ten_crop",
+    "model",
+    "tracking.experiment",
+    "tracking.registered_model",
+    "tracking.uri",
+    "train",
+)
 FLAGS = (
     ("--prepared", "the prepare stage's output (classes.csv)"),
     ("--shards", "the preprocess stage's output"),

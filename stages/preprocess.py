@@ -14,7 +14,7 @@ from alexnet.shards import ShardsError
 from stages import run_stage
 
 # dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
-PARAMS = ("preprocess",)
+PARAMS = ("data", "preprocess")
 FLAGS = (
     ("--prepared", "the prepare stage's output folder"),
     ("--out", "output folder (shards, manifest.json, mean.npy, pca.json)"),
