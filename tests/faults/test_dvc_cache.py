@@ -122,11 +122,12 @@ def test_verify_finds_and_heals_a_cache_poisoned_through_a_hardlink(tmp_path):
 
 
 def test_verify_names_a_shard_that_differs_from_its_manifest(tmp_path, tiny_prepared):
+    from alexnet.config import PreprocessParams
     from alexnet.layout import MANIFEST_FILE, MEAN_FILE
     from alexnet.preprocess import preprocess
 
     shards = tmp_path / "data" / "shards"
-    preprocess(tiny_prepared, shards, stored_size=40, shard_size=8, workers=1, progress=False)
+    preprocess(tiny_prepared, shards, PreprocessParams(stored_size=40, shard_size=8, workers=1), progress=False)
     assert run(tmp_path, sys.executable, "-m", "alexnet.verify", check=False).returncode == 0
     victims = [next(shards.glob("train-*[0-9].npy")), shards / MEAN_FILE]
     for victim in victims:
