@@ -12,8 +12,10 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,9 +115,32 @@ def postgres_cluster(tmp: Path) -> Iterator[Cluster]:
     except subprocess.CalledProcessError as err:
         tail = log.read_text()[-2000:] if log.exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {err.stderr}\n{tail}") from err
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
     try:
         yield Cluster("127.0.0.1", port, "postgres", password, data)
     finally:
         subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=120)
+        _stop_by_pid(postmaster, data)  # pg_ctl cannot stop it if the data folder went missing meanwhile
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_by_pid(pid: int, data: Path, grace: float = 30.0) -> None:
+    """SIGINT (PostgreSQL's fast shutdown) to the postmaster, SIGKILL after `grace` seconds.
+
+    Only while /proc says the pid is still this cluster's postmaster (never a recycled pid)."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            if str(data).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.2)

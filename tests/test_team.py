@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from pg import free_port, postgres_cluster
 from tiny import build_tiny_data, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def own_tmp():
+    """A temporary folder of this test's own: these tests run for minutes, and another pytest session on
+    the machine may prune old pytest-of-<user>/pytest-N folders (tmp_path) meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="alexnet-team-") as tmp:
+        yield Path(tmp)
 
 
 def _run(argv: list[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
@@ -40,11 +49,12 @@ def _flow_names(prefect_api: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_servers_on_postgres_track_two_ensembles_and_move_champion(tmp_path):
+def test_servers_on_postgres_track_two_ensembles_and_move_champion(own_tmp):
     """MLflow and Prefect on one PostgreSQL: the train and evaluate stages log there, compare reads it
     back, @champion moves to the better ensemble, artifacts land in the served folder, stop leaves no process."""
     from mlflow import MlflowClient
 
+    tmp_path = own_tmp
     data = build_tiny_data(tmp_path / "data")
     with postgres_cluster(tmp_path) as pg:
         postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
@@ -141,9 +151,10 @@ TINY_PIPELINE = {**tiny_params(), "tracking": {"experiment": "dvc-remote"}}
 
 
 @pytest.mark.slow
-def test_dvc_remote_push_then_pull_on_a_fresh_clone_recomputes_nothing(tmp_path):
+def test_dvc_remote_push_then_pull_on_a_fresh_clone_recomputes_nothing(own_tmp):
     """Run the pipeline in a clone, `dvc push` to a local remote; a second clone `dvc pull`s and
     `dvc repro` finds every stage up to date (no stage runs)."""
+    tmp_path = own_tmp
     git = shutil.which("git")
     dvc = str(Path(sys.executable).parent / "dvc")
     first, second, remote = tmp_path / "first", tmp_path / "second", tmp_path / "remote"
