@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -137,6 +138,10 @@ def _commands(args: argparse.Namespace, db: Database, state: Path) -> dict[str, 
             raise ServersError(f"--auth-config {config}: no such file")
         mlflow += ["--app-name", "basic-auth"]
         mlflow_env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+        # The auth app's CSRF protection needs one key shared by MLflow's workers; a fresh one per
+        # start unless the user set theirs (then sessions survive restarts).
+        mlflow_env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY",
+                              os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32))
     prefect = [_bin("prefect"), "server", "start", "--host", args.host, "--port", str(args.prefect_port),
                "--analytics-off"]
     prefect_env = {

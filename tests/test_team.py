@@ -16,6 +16,8 @@ import yaml
 from pg import free_port, postgres_cluster
 from tiny import build_tiny_data, tiny_params
 
+from alexnet.config import parse_params
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -147,7 +149,6 @@ def test_prefect_yaml_deployment_resolves_to_the_pipeline_flow():
     assert set(deployment.parameters) <= set(flow.parameters.properties)
 
 
-TINY_PIPELINE = {**tiny_params(), "tracking": {"experiment": "dvc-remote"}}
 
 
 @pytest.mark.slow
@@ -160,7 +161,8 @@ def test_dvc_remote_push_then_pull_on_a_fresh_clone_recomputes_nothing(own_tmp):
     first, second, remote = tmp_path / "first", tmp_path / "second", tmp_path / "remote"
     _run([git, "clone", "-q", "--no-hardlinks", str(ROOT), str(first)])
     env = {**os.environ, "PYTHONPATH": str(first)}
-    (first / "params.yaml").write_text(yaml.safe_dump(TINY_PIPELINE))
+    # Every key written out: dvc.yaml's params name keys that must be in the file.
+    (first / "params.yaml").write_text(yaml.safe_dump(parse_params(tiny_params()).model_dump(mode="json")))
     _run([dvc, "remote", "add", "-d", "local", str(remote)], cwd=first, env=env)
     _run([dvc, "repro"], cwd=first, env=env, timeout=600)
     _run([dvc, "push"], cwd=first, env=env)
