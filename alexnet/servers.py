@@ -121,7 +121,8 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 def _url_host(host: str) -> str:
     """A host clients can reach: a wildcard bind is reached on loopback from this machine."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host  # an IPv6 literal in a URL
 
 
 def _commands(args: argparse.Namespace, db: Database, state: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
