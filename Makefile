@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed-stamp
 # Stage commands (python -m stages.*) must run in the venv's interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-fast bench lint clean-venv
+.PHONY: install run test test-fast bench lint clean-venv servers servers-status servers-stop
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,team]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +32,16 @@ bench: install
 	python benchmarks/preprocess.py
 	python benchmarks/model.py
 	python benchmarks/loader.py
+
+# A team's MLflow and Prefect on PostgreSQL (docs/team.md): set ALEXNET_DB_URL=postgresql://USER:PASSWORD@HOST:PORT.
+servers: install
+	python -m alexnet.servers start
+
+servers-status: install
+	python -m alexnet.servers status
+
+servers-stop: install
+	python -m alexnet.servers stop
 
 lint: install
 	ruff check alexnet stages flows tests benchmarks scripts
