@@ -34,6 +34,7 @@ from alexnet import ilsvrc, synthetic
 from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
 from alexnet.config import DataParams
 from alexnet.layout import CLASSES_FILE, DATASET_FILE, IMAGES_DIR, INDEX_FILE, QUALITY_REPORT_FILE, SPLITS
+from alexnet.pools import die_with_parent
 from alexnet.sources import ClassInfo, FoundFile, find_classes, find_files
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _inspect_all(root: Path, files: list[FoundFile], workers: int, progress: boo
     out: list[dict[str, Any]] = []
     with bar:
         if workers > 1 and len(jobs) > 1:
-            with get_context("fork").Pool(workers) as pool:
+            with get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for r in pool.imap(_inspect, jobs, chunksize=32):
                     out.append(r)
                     bar.update()

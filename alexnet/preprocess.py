@@ -11,7 +11,7 @@ and manifest.json comes last: until it exists the folder reads as incomplete.
 
 preprocess.engine says where shards are built: a local process pool, or a Dask cluster
 (alexnet/dask_engine.py). Either way the driver merges the statistics in plan order and writes
-the manifest, so the outputs are the same bytes.
+the manifest, so the outputs are the same bytes. Pool workers die with the stage (alexnet/pools.py).
 Images the index locates inside a tar (an `offset` column, data.layout=tars) are read from it
 with one seek and one read; nothing is extracted.
 """
@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from alexnet.config import PreprocessParams
 from alexnet.ilsvrc import read_member
 from alexnet.imageops import load_patch
 from alexnet.layout import MANIFEST_FILE, SPLITS, TRAIN
+from alexnet.pools import die_with_parent
 from alexnet.prepare import load_prepared
 from alexnet.shards import (
     FORMAT_VERSION,
@@ -109,8 +111,9 @@ def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -
 _progress: Any = None  # a shared counter of images done, set in each worker
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _progress
+    die_with_parent(parent)
     _progress = counter
 
 
@@ -187,7 +190,7 @@ def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str,
             ctx = get_context("fork")
             counter = ctx.Value("q", 0)
             with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                                     initargs=(counter,)) as pool:
+                                     initargs=(counter, os.getpid())) as pool:
                 pending = {pool.submit(build_shard, tasks[i]): i for i in order}
                 while pending:
                     # Wakes as soon as a shard is done (no polling delay at the end), or every
