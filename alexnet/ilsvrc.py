@@ -120,6 +120,12 @@ def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
     if not per_class:
         raise FileNotFoundError(f"{root / TRAIN_TAR}: no per-class tars inside")
     wnids = sorted(per_class)
+    for wnid in wnids:
+        # ImageNet's labels are positions among its sorted wnids: a missing class would shift every
+        # label after it (alexnet/sources.py refuses an empty class folder of the extracted tree too).
+        if not per_class[wnid]:
+            raise ValueError(f"{root / TRAIN_TAR}: {wnid}.tar holds no images; ImageNet's labels are positions "
+                             "among its sorted wnids, so a missing class would shift every label after it")
     classes = [ClassInfo(i, w, words.get(w, w)) for i, w in enumerate(wnids)]
     for wnid in wnids:
         for name, offset, size in per_class[wnid]:

@@ -14,6 +14,10 @@ preprocess.engine says where shards are built: a local process pool, or a Dask c
 the manifest, so the outputs are the same bytes. Pool workers die with the stage (alexnet/pools.py).
 Images the index locates inside a tar (an `offset` column, data.layout=tars) are read from it
 with one seek and one read; nothing is extracted.
+Every image is decoded under the pixel limit prepare checked it against (data.max_image_pixels,
+recorded in dataset.json and carried by each task, so Dask workers apply it too): a file in the
+index decodes here whatever Pillow's own setting in the process is, and a file grown past the
+limit since prepare is refused by name.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.atomic import atomic_write_bytes, atomic_write_json
-from alexnet.config import PreprocessParams
+from alexnet.config import PILLOW_MAX_IMAGE_PIXELS, PreprocessParams
 from alexnet.ilsvrc import read_member
-from alexnet.imageops import load_patch
+from alexnet.imageops import TooManyPixels, load_patch
 from alexnet.layout import MANIFEST_FILE, SPLITS, TRAIN
 from alexnet.pools import die_with_parent
 from alexnet.prepare import load_prepared
@@ -73,6 +77,8 @@ class ShardTask:
     resize: str = "torchvision"
     # (offset, size) of each image inside the tar at paths[i]; empty: the paths are the images.
     ranges: tuple[tuple[int, int], ...] = ()
+    # data.max_image_pixels as prepare checked it (not part of `spec`: it changes no pixel).
+    max_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS
 
     @property
     def name(self) -> str:
@@ -83,7 +89,8 @@ class ShardTask:
         return self.split == TRAIN
 
 
-def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -> list[ShardTask]:
+def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams,
+                max_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS) -> list[ShardTask]:
     """The shards of each split, in index order, spec.shard_size images each (the last smaller)."""
     fmt, size, jpeg_quality, shard_size, resize = (spec.format, spec.stored_size, spec.jpeg_quality,
                                                    spec.shard_size, spec.resize)
@@ -104,7 +111,7 @@ def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -
             tasks.append(ShardTask(split, number, tuple(str(root / p) for p in files[a:b]),
                                    tuple(int(v) for v in labels[a:b]),
                                    hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir,
-                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b])))
+                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b]), max_pixels))
     return tasks
 
 
@@ -143,7 +150,11 @@ def _kept(task: ShardTask) -> dict[str, Any] | None:
 def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
     for k, path in enumerate(task.paths):
         source = io.BytesIO(read_member(path, *task.ranges[k])) if task.ranges else path
-        image = np.asarray(load_patch(source, task.size, task.resize))  # uint8 (S, S, 3)
+        try:
+            image = np.asarray(load_patch(source, task.size, task.resize, task.max_pixels))  # uint8 (S, S, 3)
+        except TooManyPixels as err:  # indexed under the limit: the file changed since prepare
+            where = f"{path} at offset {task.ranges[k][0]}" if task.ranges else path
+            raise TooManyPixels(f"{where}: {err}; it changed since prepare: rerun prepare") from None
         if sums is not None:
             sums.add_image(image)
         _tick()
@@ -211,7 +222,8 @@ def preprocess(prepared_dir: str | Path, out_dir: str | Path, spec: PreprocessPa
     root, index, dataset = load_prepared(prepared_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(root, index, out_dir, spec)
+    # A dataset prepared before the limit was recorded was checked against Pillow's default.
+    tasks = plan_shards(root, index, out_dir, spec, dataset.get("max_image_pixels", PILLOW_MAX_IMAGE_PIXELS))
     removed = remove_stale(out_dir, keep={t.name for t in tasks})
     if removed:
         log.info("removed %d stale file(s) from an earlier run: %s", len(removed), ", ".join(removed[:5]))
