@@ -6,7 +6,8 @@ Each stage runs as `python -m stages.<name>` in its own process group, with 2 po
 waits for the work to be under way (a generated image, the decode-check log line, a shard ledger:
 events, not a delay) and for the workers to exist, then SIGKILLs the stage process alone, as the
 OOM killer or `kill -9 <pid>` does: nothing then tells its workers, which is what used to leave
-them behind. Killing the whole group (as a terminal's Ctrl-C group or a CI runner may) is also run.
+them behind. Killing the whole group (as a CI runner may) is also run, and a preprocess on a local
+Dask cluster (preprocess.engine: dask), whose worker processes must go too.
 """
 
 import os
@@ -135,10 +136,13 @@ def test_prepare_killed_mid_work_then_rerun(unbroken, tmp_path, moment):
     assert files(out) == files(unbroken / "prepared")
 
 
-@pytest.mark.parametrize("target", ["stage", "group"])
-def test_preprocess_killed_mid_work_then_rerun(unbroken, tmp_path, target):
-    out = tmp_path / "shards"
-    cmd = stage("preprocess", unbroken / "params.yaml", "--prepared", str(unbroken / "prepared"), "--out", str(out))
+@pytest.mark.parametrize(("target", "engine"), [("stage", "local"), ("group", "local"), ("stage", "dask")])
+def test_preprocess_killed_mid_work_then_rerun(unbroken, tmp_path, target, engine):
+    out, params = tmp_path / "shards", unbroken / "params.yaml"
+    if engine != "local":  # the same params but the engine: the outputs are the same bytes
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({**PARAMS, "preprocess": {**PARAMS["preprocess"], "engine": engine}}))
+    cmd = stage("preprocess", params, "--prepared", str(unbroken / "prepared"), "--out", str(out))
     kill_mid_work(cmd, lambda: any(out.glob("*.done.json")), tmp_path / "stderr.log", group=target == "group")
     assert not (out / MANIFEST_FILE).exists()
     run_to_end(cmd)
