@@ -75,7 +75,7 @@ def display_path(rel: str) -> str:
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # os.fsdecode keeps undecodable bytes as surrogates
@@ -169,7 +169,7 @@ def find_classes(root: Path, source: str) -> tuple[list[ClassInfo], list[str]]:
     for p in sorted(train.iterdir()):
         if not p.is_dir() or _key(p) in above:  # not a folder, or a symlink loop: find_files reports it
             continue
-        if not _is_utf8(p.name):
+        if not is_utf8(p.name):
             raise ValueError(f"{display_path(str(p))}: a class folder whose name is not UTF-8; rename it")
         # Files (not OS artifacts) anywhere below; the walk stops at the first one.
         if any(not is_os_artifact(path.name) for path, _, _ in _walk(p, frozenset(above | {_key(p)}))):
@@ -207,7 +207,7 @@ def find_files(root: Path, source: str, classes: list[ClassInfo]) -> list[FoundF
                 found.append(FoundFile(display_path(rel), split, None, "ignored by name", reason=OS_ARTIFACT,
                                        ignored=True))
                 continue
-            if reason is None and not _is_utf8(rel):
+            if reason is None and not is_utf8(rel):
                 reason, detail = "name not UTF-8", "the index stores names as UTF-8 text; rename the file"
             if reason is not None:
                 found.append(FoundFile(display_path(rel), split, None, detail, reason=reason))

@@ -5,6 +5,7 @@ an OS leaves behind (.DS_Store, Thumbs.db, ._* AppleDouble, desktop.ini)."""
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -131,3 +132,31 @@ def test_an_empty_per_class_tar_of_the_release_is_refused_by_name(tmp_path):
     write_devkit(root / ilsvrc.DEVKIT, [ID_OF[WNIDS[0]]])
     with pytest.raises(ValueError, match=rf"{WNIDS[1]}.tar holds no images"):
         run(tmp_path, root, source="imagenet")
+
+
+def test_os_artifacts_and_odd_names_inside_the_release_tars(tmp_path):
+    # A tar made on a Mac holds a ._<name> AppleDouble member beside each file.
+    import numpy as np
+    from test_ilsvrc import ID_OF, WNIDS, jpeg, tar_bytes, write_devkit
+
+    from alexnet import ilsvrc
+
+    rng = np.random.default_rng(0)
+    junk = b"\x00\x05\x16\x07AppleDouble"
+    root = tmp_path / "release"
+    root.mkdir()
+    inner = {w: tar_bytes([(f"{w}_0.JPEG", jpeg(rng)), (f"._{w}_0.JPEG", junk)]) for w in WNIDS}
+    inner[WNIDS[2]] = tar_bytes([(f"._{WNIDS[2]}_0.JPEG", junk), (f"{WNIDS[2]}_0.JPEG", jpeg(rng)),
+                                 (os.fsdecode(b"\xff.JPEG"), jpeg(rng))])
+    outer = [(f"{w}.tar", data) for w, data in inner.items()] + [(f"._{WNIDS[0]}.tar", junk), (".DS_Store", junk)]
+    (root / ilsvrc.TRAIN_TAR).write_bytes(tar_bytes(outer))
+    (root / ilsvrc.VAL_TAR).write_bytes(tar_bytes([("ILSVRC2012_val_00000001.JPEG", jpeg(rng)),
+                                                   ("._ILSVRC2012_val_00000001.JPEG", junk)]))
+    write_devkit(root / ilsvrc.DEVKIT, [ID_OF[WNIDS[0]]])
+    index, report, dataset, out = run(tmp_path, root, source="imagenet", on_bad_image="skip")
+    assert [c["wnid"] for c in dataset["classes"]] == WNIDS
+    assert dataset["splits"] == {"train": {"found": 9, "indexed": 3, "reported": 1, "ignored": 5},
+                                 "val": {"found": 2, "indexed": 1, "reported": 0, "ignored": 1}}
+    assert list(report["reason"]) == ["name not UTF-8"]
+    assert list(report["path"]) == [f"{ilsvrc.TRAIN_TAR}/{WNIDS[2]}.tar/\\xff.JPEG"]
+    assert set(pd.read_csv(out / IGNORED_FILE)["reason"]) == {"OS artifact"}
