@@ -107,10 +107,11 @@ def _inspect_bytes(data: bytes, max_pixels: int | None) -> dict[str, Any]:
 
 def _inspect(job: tuple[str, str, int | None, int | None, int | None]) -> dict[str, Any]:
     rel, full, offset, size, max_pixels = job
-    if offset is None:
-        return {"path": rel, **inspect_image(full, max_pixels)}
-    return {"path": rel, "offset": offset,
-            **inspect_bytes(ilsvrc.read_member(full, offset, size or 0), max_pixels)}
+    try:  # a file gone or unreadable since it was found is a report row, not a worker's traceback
+        data = Path(full).read_bytes() if offset is None else ilsvrc.read_member(full, offset, size or 0)
+    except OSError as err:
+        return {"path": rel, "reason": "unreadable", "detail": err.strerror or str(err)}
+    return {"path": rel, **({} if offset is None else {"offset": offset}), **inspect_bytes(data, max_pixels)}
 
 
 def _source_file(root: Path, f: FoundFile) -> str:

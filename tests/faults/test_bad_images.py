@@ -171,3 +171,16 @@ def test_preprocess_refuses_by_name_an_image_grown_past_the_limit_since_prepare(
     spec = PreprocessParams(stored_size=32, shard_size=2, workers=workers)
     with pytest.raises(ValueError, match=r"train/a/1.png: 100x100 = 10000 pixels, above data.max_image_pixels=5000"):
         preprocess(tmp_path / "prepared", tmp_path / "shards", spec, progress=False)
+
+
+def test_a_file_that_cannot_be_read_when_decoded_is_a_report_row(tmp_path):
+    # Found, then unreadable in the decode check: deleted meanwhile, not readable by the user
+    # (root, running the tests, reads anything: a missing file stands for it), or a tar member
+    # whose bytes lie past the end of a truncated archive. Each used to be a worker's traceback.
+    from alexnet.prepare import _inspect
+
+    tar = tmp_path / "short.tar"
+    tar.write_bytes(b"\0" * 100)
+    for full, offset in ((tmp_path / "gone.JPEG", None), (tar, 512)):
+        row = _inspect(("train/x/a.JPEG", str(full), offset, 10, None))
+        assert (row["path"], row["reason"]) == ("train/x/a.JPEG", "unreadable"), row
