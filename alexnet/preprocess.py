@@ -16,8 +16,9 @@ Images the index locates inside a tar (an `offset` column, data.layout=tars) are
 with one seek and one read; nothing is extracted.
 Every image is decoded under the pixel limit prepare checked it against (data.max_image_pixels,
 recorded in dataset.json and carried by each task, so Dask workers apply it too): a file in the
-index decodes here whatever Pillow's own setting in the process is, and a file grown past the
-limit since prepare is refused by name.
+index decodes here whatever Pillow's own setting in the process is. Each file's bytes are checked
+against the sha256 prepare recorded before they are decoded: a file changed since prepare is
+refused by name (ChangedSincePrepare), never turned into different pixels silently.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import PILLOW_MAX_IMAGE_PIXELS, PreprocessParams
 from alexnet.ilsvrc import read_member
 from alexnet.imageops import TooManyPixels, load_patch
-from alexnet.layout import MANIFEST_FILE, SPLITS, TRAIN
+from alexnet.layout import INDEX_FILE, MANIFEST_FILE, SPLITS, TRAIN
 from alexnet.pools import die_with_parent
 from alexnet.prepare import load_prepared
 from alexnet.shards import (
@@ -58,6 +59,10 @@ from alexnet.shards import (
 from alexnet.stats import PixelSums, write_stats
 
 log = logging.getLogger(__name__)
+
+class ChangedSincePrepare(ValueError):
+    """An indexed file whose bytes are no longer those prepare checked: rerun prepare."""
+
 
 # Bump when the pixels a given source file and setting produce change: rebuilds every shard.
 PIXELS_VERSION = 1
@@ -79,6 +84,7 @@ class ShardTask:
     ranges: tuple[tuple[int, int], ...] = ()
     # data.max_image_pixels as prepare checked it (not part of `spec`: it changes no pixel).
     max_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS
+    shas: tuple[str, ...] = ()  # the index's sha256 of each image; empty: not checked
 
     @property
     def name(self) -> str:
@@ -111,7 +117,8 @@ def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams,
             tasks.append(ShardTask(split, number, tuple(str(root / p) for p in files[a:b]),
                                    tuple(int(v) for v in labels[a:b]),
                                    hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir,
-                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b]), max_pixels))
+                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b]), max_pixels,
+                                   tuple(shas[a:b])))
     return tasks
 
 
@@ -149,12 +156,15 @@ def _kept(task: ShardTask) -> dict[str, Any] | None:
 
 def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
     for k, path in enumerate(task.paths):
-        source = io.BytesIO(read_member(path, *task.ranges[k])) if task.ranges else path
+        data = read_member(path, *task.ranges[k]) if task.ranges else Path(path).read_bytes()
+        where = f"{path} at offset {task.ranges[k][0]}" if task.ranges else path
+        if task.shas and hashlib.sha256(data).hexdigest() != task.shas[k]:
+            raise ChangedSincePrepare(f"{where}: not the bytes prepare checked (its sha256 differs from "
+                                      f"{INDEX_FILE}'s): the file changed since prepare; rerun prepare")
         try:
-            image = np.asarray(load_patch(source, task.size, task.resize, task.max_pixels))  # uint8 (S, S, 3)
-        except TooManyPixels as err:  # indexed under the limit: the file changed since prepare
-            where = f"{path} at offset {task.ranges[k][0]}" if task.ranges else path
-            raise TooManyPixels(f"{where}: {err}; it changed since prepare: rerun prepare") from None
+            image = np.asarray(load_patch(io.BytesIO(data), task.size, task.resize, task.max_pixels))  # uint8 (S, S, 3)
+        except TooManyPixels as err:  # same bytes: prepared before the limit was recorded in dataset.json
+            raise TooManyPixels(f"{where}: {err}; rerun prepare") from None
         if sums is not None:
             sums.add_image(image)
         _tick()

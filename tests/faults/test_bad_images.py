@@ -163,13 +163,14 @@ def test_a_class_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path):
         prepare(tmp_path / "prepared", folder(root), workers=1, progress=False)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_preprocess_refuses_by_name_an_image_grown_past_the_limit_since_prepare(tmp_path, workers):
+@pytest.mark.parametrize(("workers", "size"), [(1, (100, 100)), (2, (100, 100)), (2, (25, 16))])
+def test_preprocess_refuses_by_name_a_file_changed_since_prepare(tmp_path, workers, size):
+    # Grown past the limit prepare checked, or just other pixels: either way not what was indexed.
     root = tree(tmp_path / "data")
     prepare(tmp_path / "prepared", folder(root, max_image_pixels=5000), workers=1, progress=False)
-    (root / "train" / "a" / "1.png").write_bytes(png_bytes((100, 100)))  # replaced after prepare
+    (root / "train" / "a" / "1.png").write_bytes(png_bytes(size, (1, 2, 3)))  # replaced after prepare
     spec = PreprocessParams(stored_size=32, shard_size=2, workers=workers)
-    with pytest.raises(ValueError, match=r"train/a/1.png: 100x100 = 10000 pixels, above data.max_image_pixels=5000"):
+    with pytest.raises(ValueError, match=r"train/a/1.png: not the bytes prepare checked .* rerun prepare"):
         preprocess(tmp_path / "prepared", tmp_path / "shards", spec, progress=False)
 
 
