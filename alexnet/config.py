@@ -75,6 +75,11 @@ class SyntheticParams(_Section):
         return self
 
 
+# PIL.Image.MAX_IMAGE_PIXELS (1024**3 // 4 // 3), written out so loading params needs no Pillow;
+# tests/faults/test_bad_images.py checks they agree.
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485
+
+
 class DataParams(_Section):
     source: Literal["synthetic", "imagenet", "folder"] = "synthetic"
     # Root of the image tree for source=imagenet|folder (relative to the project root).
@@ -84,6 +89,12 @@ class DataParams(_Section):
     # and val tars and the devkit, never extracted); "tree" an extracted train/ + val/ tree; "auto"
     # picks "tars" when root holds the three files (alexnet/ilsvrc.py), else "tree".
     layout: Literal["auto", "tree", "tars"] = "auto"
+    # An image with more pixels (width x height, read from its header) is unusable ("too many
+    # pixels": a decompression bomb, or a scan too big to decode), before any pixel is decoded.
+    # Default: Pillow's own limit (PIL.Image.MAX_IMAGE_PIXELS), but enforced at the limit itself,
+    # where Pillow only warns until twice it. null: no limit. Preprocess decodes with the limit
+    # prepare checked (recorded in dataset.json), in every worker.
+    max_image_pixels: int | None = Field(PILLOW_MAX_IMAGE_PIXELS, ge=1)
     synthetic: SyntheticParams = SyntheticParams()
 
     @model_validator(mode="after")

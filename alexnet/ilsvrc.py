@@ -28,7 +28,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from alexnet.layout import TRAIN, VAL
-from alexnet.sources import ClassInfo, FoundFile
+from alexnet.sources import OS_ARTIFACT, ClassInfo, FoundFile, display_path, is_os_artifact, is_utf8
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -91,6 +91,17 @@ def _members(archive: tarfile.TarFile, base: int) -> list[tuple[str, int, int]]:
     return [(info.name, base + info.offset_data, info.size) for info in archive if info.isfile()]
 
 
+def _odd(rel: str, split: str, offset: int, size: int) -> FoundFile | None:
+    """The FoundFile of a member that is an OS artifact (a tar made on a Mac holds ._* files) or
+    has a name that is not UTF-8, as alexnet/sources.py treats such files of a tree; else None."""
+    if is_os_artifact(PurePosixPath(rel).name):
+        return FoundFile(display_path(rel), split, None, "ignored by name", offset, size, OS_ARTIFACT, True)
+    if not is_utf8(rel):
+        return FoundFile(display_path(rel), split, None, "the index stores names as UTF-8 text", offset, size,
+                         "name not UTF-8")
+    return None
+
+
 def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
     """The classes and every image of the release at `root`, located inside the tars."""
     for name in RELEASE_FILES:
@@ -107,6 +118,12 @@ def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
                 continue
             inner_name = PurePosixPath(info.name)
             rel = f"{TRAIN_TAR}/{info.name}"
+            if not is_utf8(info.name):  # as a class folder so named of the extracted tree
+                raise ValueError(f"{root / TRAIN_TAR}: {display_path(info.name)}: a member whose name is not UTF-8")
+            odd = _odd(rel, TRAIN, info.offset_data, info.size)
+            if odd is not None:
+                found.append(odd)
+                continue
             if inner_name.suffix != ".tar":
                 found.append(FoundFile(rel, TRAIN, None, "unknown class: not a per-class tar",
                                        info.offset_data, info.size))
@@ -120,14 +137,25 @@ def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
     if not per_class:
         raise FileNotFoundError(f"{root / TRAIN_TAR}: no per-class tars inside")
     wnids = sorted(per_class)
+    for wnid in wnids:
+        # ImageNet's labels are positions among its sorted wnids: a missing class would shift every
+        # label after it (alexnet/sources.py refuses an empty class folder of the extracted tree too).
+        if all(is_os_artifact(PurePosixPath(name).name) for name, _, _ in per_class[wnid]):
+            raise ValueError(f"{root / TRAIN_TAR}: {wnid}.tar holds no images; ImageNet's labels are positions "
+                             "among its sorted wnids, so a missing class would shift every label after it")
     classes = [ClassInfo(i, w, words.get(w, w)) for i, w in enumerate(wnids)]
     for wnid in wnids:
         for name, offset, size in per_class[wnid]:
-            found.append(FoundFile(f"{TRAIN_TAR}/{wnid}.tar/{name}", TRAIN, wnid, None, offset, size))
+            rel = f"{TRAIN_TAR}/{wnid}.tar/{name}"
+            found.append(_odd(rel, TRAIN, offset, size) or FoundFile(rel, TRAIN, wnid, None, offset, size))
     with tarfile.open(root / VAL_TAR, "r:") as val:
         val_members = _members(val, 0)
     for name, offset, size in val_members:
         rel = f"{VAL_TAR}/{name}"
+        odd = _odd(rel, VAL, offset, size)
+        if odd is not None:
+            found.append(odd)
+            continue
         wnid, problem = _val_class(PurePosixPath(name).name, truth, leaves, set(wnids))
         found.append(FoundFile(rel, VAL, wnid, problem, offset, size))
     return classes, found

@@ -35,6 +35,8 @@ baseline). `resize_center_crop` returns the same bytes faster, with no tolerance
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import numpy as np
@@ -113,11 +115,45 @@ def central_square_patch(img: Image.Image, size: int) -> Image.Image:
 RESIZES = {"torchvision": resize_center_crop, "central_square": central_square_patch}
 
 
-def load_patch(path: str | IO[bytes], size: int, resize: str = "torchvision") -> Image.Image:
-    """Decode the file at `path` (or an open binary file) in full and return its §2 patch (RGB, size x size)."""
+@contextmanager
+def no_pillow_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb check off inside the block (restored after).
+
+    Pillow's check is one process-wide setting (it warns above it and raises above twice it).
+    The pipeline's limit is a param, data.max_image_pixels, that open_image checks on each image
+    instead, so the same limit holds in every process (pool and Dask workers) and exactly at it."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+class TooManyPixels(ValueError):
+    """An image above data.max_image_pixels (a decompression bomb, or just too big to decode)."""
+
+
+def open_image(path: str | IO[bytes], max_pixels: int | None) -> Image.Image:
+    """Image.open (inside no_pillow_limit), refusing an image of more than `max_pixels` pixels
+    (None: no limit) before any pixel is decoded: opening reads only the header."""
+    img = Image.open(path)
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise TooManyPixels(f"{w}x{h} = {w * h} pixels, above data.max_image_pixels={max_pixels} "
+                            "(the decompression-bomb guard; raise it, or set it to null, to accept larger images)")
+    return img
+
+
+def load_patch(path: str | IO[bytes], size: int, resize: str = "torchvision",
+               max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode the file at `path` (or an open binary file) in full and return its §2 patch (RGB, size x size).
+
+    max_pixels: the limit prepare checked the file against (TooManyPixels above it; the default
+    is Pillow's, data.max_image_pixels's default)."""
     if resize not in RESIZES:
         raise ValueError(f"unknown resize {resize!r}; allowed: {', '.join(RESIZES)}")
-    with Image.open(path) as img:
+    with no_pillow_limit(), open_image(path, max_pixels) as img:
         img.load()
         return RESIZES[resize](img, size)
-

@@ -19,6 +19,7 @@ VIEWS = (CENTER, TEN_CROP)
 INDEX_FILE = "index.parquet"  # one row per usable image
 CLASSES_FILE = "classes.csv"  # label, wnid, name
 QUALITY_REPORT_FILE = "quality_report.csv"  # every unusable file and why
+IGNORED_FILE = "ignored.csv"  # files skipped by name: what an OS leaves in folders (.DS_Store, ...)
 DATASET_FILE = "dataset.json"  # source, counts, provenance
 IMAGES_DIR = "images"  # the synthetic source's drawn tree
 

@@ -11,9 +11,14 @@ and manifest.json comes last: until it exists the folder reads as incomplete.
 
 preprocess.engine says where shards are built: a local process pool, or a Dask cluster
 (alexnet/dask_engine.py). Either way the driver merges the statistics in plan order and writes
-the manifest, so the outputs are the same bytes.
+the manifest, so the outputs are the same bytes. Pool workers die with the stage (alexnet/pools.py).
 Images the index locates inside a tar (an `offset` column, data.layout=tars) are read from it
 with one seek and one read; nothing is extracted.
+Every image is decoded under the pixel limit prepare checked it against (data.max_image_pixels,
+recorded in dataset.json and carried by each task, so Dask workers apply it too): a file in the
+index decodes here whatever Pillow's own setting in the process is. Each file's bytes are checked
+against the sha256 prepare recorded before they are decoded: a file changed since prepare is
+refused by name (ChangedSincePrepare), never turned into different pixels silently.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,10 +39,11 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.atomic import atomic_write_bytes, atomic_write_json
-from alexnet.config import PreprocessParams
+from alexnet.config import PILLOW_MAX_IMAGE_PIXELS, PreprocessParams
 from alexnet.ilsvrc import read_member
-from alexnet.imageops import load_patch
-from alexnet.layout import MANIFEST_FILE, SPLITS, TRAIN
+from alexnet.imageops import TooManyPixels, load_patch
+from alexnet.layout import INDEX_FILE, MANIFEST_FILE, SPLITS, TRAIN
+from alexnet.pools import die_with_parent
 from alexnet.prepare import load_prepared
 from alexnet.shards import (
     FORMAT_VERSION,
@@ -52,6 +59,10 @@ from alexnet.shards import (
 from alexnet.stats import PixelSums, write_stats
 
 log = logging.getLogger(__name__)
+
+class ChangedSincePrepare(ValueError):
+    """An indexed file whose bytes are no longer those prepare checked: rerun prepare."""
+
 
 # Bump when the pixels a given source file and setting produce change: rebuilds every shard.
 PIXELS_VERSION = 1
@@ -71,6 +82,9 @@ class ShardTask:
     resize: str = "torchvision"
     # (offset, size) of each image inside the tar at paths[i]; empty: the paths are the images.
     ranges: tuple[tuple[int, int], ...] = ()
+    # data.max_image_pixels as prepare checked it (not part of `spec`: it changes no pixel).
+    max_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS
+    shas: tuple[str, ...] = ()  # the index's sha256 of each image; empty: not checked
 
     @property
     def name(self) -> str:
@@ -81,7 +95,8 @@ class ShardTask:
         return self.split == TRAIN
 
 
-def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -> list[ShardTask]:
+def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams,
+                max_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS) -> list[ShardTask]:
     """The shards of each split, in index order, spec.shard_size images each (the last smaller)."""
     fmt, size, jpeg_quality, shard_size, resize = (spec.format, spec.stored_size, spec.jpeg_quality,
                                                    spec.shard_size, spec.resize)
@@ -102,15 +117,17 @@ def plan_shards(root: Path, index: Any, out_dir: Path, spec: PreprocessParams) -
             tasks.append(ShardTask(split, number, tuple(str(root / p) for p in files[a:b]),
                                    tuple(int(v) for v in labels[a:b]),
                                    hashlib.sha256(spec.encode()).hexdigest(), fmt, size, jpeg_quality, out_dir,
-                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b])))
+                                   resize, tuple((int(o), int(n)) for o, n in ranges[a:b]), max_pixels,
+                                   tuple(shas[a:b])))
     return tasks
 
 
 _progress: Any = None  # a shared counter of images done, set in each worker
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _progress
+    die_with_parent(parent)
     _progress = counter
 
 
@@ -139,8 +156,15 @@ def _kept(task: ShardTask) -> dict[str, Any] | None:
 
 def _patches(task: ShardTask, sums: PixelSums | None) -> Iterator[np.ndarray]:
     for k, path in enumerate(task.paths):
-        source = io.BytesIO(read_member(path, *task.ranges[k])) if task.ranges else path
-        image = np.asarray(load_patch(source, task.size, task.resize))  # uint8 (S, S, 3)
+        data = read_member(path, *task.ranges[k]) if task.ranges else Path(path).read_bytes()
+        where = f"{path} at offset {task.ranges[k][0]}" if task.ranges else path
+        if task.shas and hashlib.sha256(data).hexdigest() != task.shas[k]:
+            raise ChangedSincePrepare(f"{where}: not the bytes prepare checked (its sha256 differs from "
+                                      f"{INDEX_FILE}'s): the file changed since prepare; rerun prepare")
+        try:
+            image = np.asarray(load_patch(io.BytesIO(data), task.size, task.resize, task.max_pixels))  # uint8 (S, S, 3)
+        except TooManyPixels as err:  # same bytes: prepared before the limit was recorded in dataset.json
+            raise TooManyPixels(f"{where}: {err}; rerun prepare") from None
         if sums is not None:
             sums.add_image(image)
         _tick()
@@ -187,7 +211,7 @@ def _run(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str,
             ctx = get_context("fork")
             counter = ctx.Value("q", 0)
             with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                                     initargs=(counter,)) as pool:
+                                     initargs=(counter, os.getpid())) as pool:
                 pending = {pool.submit(build_shard, tasks[i]): i for i in order}
                 while pending:
                     # Wakes as soon as a shard is done (no polling delay at the end), or every
@@ -208,7 +232,8 @@ def preprocess(prepared_dir: str | Path, out_dir: str | Path, spec: PreprocessPa
     root, index, dataset = load_prepared(prepared_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(root, index, out_dir, spec)
+    # A dataset prepared before the limit was recorded was checked against Pillow's default.
+    tasks = plan_shards(root, index, out_dir, spec, dataset.get("max_image_pixels", PILLOW_MAX_IMAGE_PIXELS))
     removed = remove_stale(out_dir, keep={t.name for t in tasks})
     if removed:
         log.info("removed %d stale file(s) from an earlier run: %s", len(removed), ", ".join(removed[:5]))

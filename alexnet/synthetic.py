@@ -21,6 +21,7 @@ from __future__ import annotations
 import colorsys
 import io
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from alexnet.layout import SPLITS, TRAIN, VAL
+from alexnet.pools import die_with_parent
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "arrow", "crescent", "diamond")
 TEXTURES = ("plain", "striped", "checkered", "dotted", "ringed", "gridded", "zigzag", "speckled")
@@ -259,7 +261,8 @@ def generate(root: str | Path, classes: int, train_per_class: int, val_per_class
     jobs = list(_jobs(root, table, {TRAIN: train_per_class, VAL: val_per_class}, seed,
                       min_side, max_side))
     if workers > 1:
-        with get_context("fork").Pool(workers) as pool:
+        # Workers die with the process that started them, even a killed one (alexnet/pools.py).
+        with get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
                 pass
     else:

@@ -106,8 +106,9 @@ def free_port() -> int:
 def test_unreachable_address_fails_fast_in_one_line(tiny_prepared, tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"preprocess": {**SPEC, "engine": "dask", "dask_address": address},
-                                      "model": {"crop_size": 32}}))
+    # Valid params but the address: the crop must fit the stored size and be one the network can pool.
+    params.write_text(yaml.safe_dump({"preprocess": {**SPEC, "stored_size": 64, "engine": "dask",
+                                                     "dask_address": address}, "model": {"crop_size": 64}}))
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "stages.preprocess", "--params", str(params), "--prepared",
                            str(tiny_prepared), "--out", str(tmp_path / "shards")], cwd=Path(__file__).parents[1],

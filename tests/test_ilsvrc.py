@@ -187,7 +187,7 @@ def test_val_file_without_a_class_is_reported(release, tmp_path):
              "ILSVRC2012_val_00000099.JPEG", "other.JPEG"]
     (root / ilsvrc.VAL_TAR).write_bytes(tar_bytes([(name, jpeg(rng)) for name in names]))
     dataset = prepare(tmp_path / "p", DataParams(source="imagenet", root=root), progress=False)
-    assert dataset["splits"]["val"] == {"found": 5, "indexed": 1, "reported": 4}
+    assert dataset["splits"]["val"] == {"found": 5, "indexed": 1, "reported": 4, "ignored": 0}
     index = pd.read_parquet(tmp_path / "p" / INDEX_FILE)
     assert index[index["split"] == "val"]["label"].tolist() == [WNIDS.index("n01440764")]
     report = pd.read_csv(tmp_path / "p" / QUALITY_REPORT_FILE)

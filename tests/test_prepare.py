@@ -83,8 +83,8 @@ def test_every_file_is_indexed_or_reported(tmp_path, quirky_imagenet):
     assert rows.loc["val/ILSVRC2012_val_00000001.JPEG", "label"] == 0
     assert rows.loc["val/ILSVRC2012_val_00000002.JPEG", "wnid"] == "n02"
     assert list(index["split"]) == ["train"] * 6 + ["val"] * 2
-    assert dataset["splits"] == {"train": {"found": 10, "indexed": 6, "reported": 4},
-                                 "val": {"found": 5, "indexed": 2, "reported": 3}}
+    assert dataset["splits"] == {"train": {"found": 10, "indexed": 6, "reported": 4, "ignored": 0},
+                                 "val": {"found": 5, "indexed": 2, "reported": 3, "ignored": 0}}
     classes = pd.read_csv(out / "classes.csv")
     assert list(classes["name"]) == ["tench, Tinca tinca", "goldfish"] and list(classes["label"]) == [0, 1]
     saved = json.loads((out / "dataset.json").read_text())
@@ -123,14 +123,15 @@ def test_folder_source_uses_folder_names(tmp_path):
     write(root / "val" / "cow" / "3.jpg", jpeg_bytes())
     dataset = prepare(tmp_path / "p", DataParams(source="folder", root=root), progress=False)
     assert [c["name"] for c in dataset["classes"]] == ["cat", "dog"]
-    assert dataset["splits"]["val"] == {"found": 2, "indexed": 1, "reported": 1}
+    assert dataset["splits"]["val"] == {"found": 2, "indexed": 1, "reported": 1, "ignored": 0}
 
 
 def test_synthetic_source_reports_only_the_truncated_file(tiny_prepared):
     report = pd.read_csv(tiny_prepared / "quality_report.csv")
     assert list(report["reason"]) == ["truncated"]
     dataset = json.loads((tiny_prepared / "dataset.json").read_text())
-    assert dataset["root"] == "images" and dataset["splits"]["train"] == {"found": 12, "indexed": 11, "reported": 1}
+    assert dataset["root"] == "images"
+    assert dataset["splits"]["train"] == {"found": 12, "indexed": 11, "reported": 1, "ignored": 0}
     index = pd.read_parquet(tiny_prepared / "index.parquet")
     assert set(index["mode"]) == {"RGB", "L", "CMYK"} and set(index["format"]) == {"JPEG", "PNG"}
 

@@ -104,11 +104,11 @@ def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepar
     calls = {"n": 0}
     real = stage.load_patch
 
-    def failing(path, size, resize):
+    def failing(path, size, resize, *limit):
         calls["n"] += 1
         if calls["n"] == 6:  # third shard, second image: between its writes and its rename
             raise OSError("disk on fire")
-        return real(path, size, resize)
+        return real(path, size, resize, *limit)
 
     monkeypatch.setattr(stage, "load_patch", failing)
     with pytest.raises(OSError, match="disk on fire"):
@@ -131,11 +131,11 @@ from pathlib import Path
 import alexnet.preprocess as stage
 from alexnet.config import PreprocessParams
 real, out, held = stage.load_patch, Path(sys.argv[2]), Path(sys.argv[3])
-def gated(path, size, resize):
+def gated(path, size, resize, *limit):
     if any(out.glob("*.done.json")):
         (held / str(os.getpid())).touch()
         threading.Event().wait()  # until the test kills the process group
-    return real(path, size, resize)
+    return real(path, size, resize, *limit)
 stage.load_patch = gated
 stage.preprocess(sys.argv[1], out, PreprocessParams(stored_size=32, shard_size=2, workers=2), progress=False)
 """

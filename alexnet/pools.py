@@ -1,0 +1,32 @@
+"""Pool workers that die with the stage that started them.
+
+A pool's workers wait on their task queue. When the stage process is killed outright (SIGKILL,
+the OOM killer, a CI timeout) nothing tells them: each still holds both ends of the queue's
+pipe, so no end-of-file ever comes, and they live on, reparented to init, forever. So each
+worker, first thing, asks the kernel to send it SIGKILL when its parent dies (Linux's
+prctl(PR_SET_PDEATHSIG)), then checks that its parent is still the process that started it, in
+case that one died before the request was made. On other systems this is a no-op.
+
+The kernel sends the signal when the parent *thread* that forked the worker ends, so a pool must be
+created by a thread that outlives it: the stages create theirs on the main thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: this process is killed when `parent_pid` (the pool's creator) dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent_pid:  # the parent died before the request: nothing would signal us
+        os._exit(1)
