@@ -53,13 +53,16 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 
 def local_init_kwargs() -> dict[str, Any]:
-    """ray.init's settings for a local Ray: this machine only, no dashboard, a small object store."""
+    """ray.init's settings for a local Ray: every CPU of this machine, no dashboard, a small object store.
+
+    Ray cannot be bound to loopback from ray.init: it turns 127.0.0.1 into the node's own address
+    (ray._private.services.resolve_ip_for_localhost) and its servers listen on every interface.
+    Its token authentication, on by default since 2.5x, is what keeps others off those ports.
+    """
     return {
         "num_cpus": os.cpu_count() or 1,
         "include_dashboard": False,
         "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
-        "_node_ip_address": "127.0.0.1",  # the local Ray's ports listen on loopback only
-        "log_to_driver": True,
     }
 
 
