@@ -1,4 +1,4 @@
-"""The task runner a flow's members run on: Prefect's threads here, or Ray (ensemble.runner).
+"""The task runner a flow's members run on: this machine's threads or processes, or Ray (ensemble.runner).
 
 With Ray the flow opens the Ray session itself, before any work, so an unreachable
 `ensemble.ray_address` ends in one line naming it (in seconds, not after Ray's own retries), and
@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 # How long a Ray head may take to accept a TCP connection before the address counts as unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -88,9 +88,15 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def task_runner(runner: str, address: str | None, concurrency: int) -> TaskRunner:
-    """ensemble.runner's task runner: threads (at most `concurrency` at once), or Prefect's Ray task runner."""
+    """ensemble.runner's task runner: this machine (`concurrency` members at once), or Prefect's Ray task runner.
+
+    On this machine one member at a time runs in a thread of this process; several at once run
+    in processes of their own (Prefect's process pool, spawned). torch's random generator, which
+    seeds a member's initialisation and draws its dropout masks, is one per process: members in
+    threads side by side would interleave their draws and lose their solo weights.
+    """
     if runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=concurrency)
+        return ThreadPoolTaskRunner(max_workers=1) if concurrency == 1 else ProcessPoolTaskRunner(concurrency)
     from prefect_ray import RayTaskRunner
 
     return RayTaskRunner(address=address, init_kwargs=local_init_kwargs() if address is None else {})

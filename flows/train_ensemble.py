@@ -2,9 +2,10 @@
 
 Tasks pass file paths, never tensors. A member whose task fails is retried and resumes from its
 last checkpoint; a member that already finished is not trained again (its checkpoint says so).
-Members run on Prefect's threads, each on its device group from `ensemble.devices`, or as Ray
-tasks (`ensemble.runner: ray`), where Ray picks the GPUs and the member maps them to cuda:0...
-Either way a member's weights are those it would have alone: the work and the seed are its own.
+Members run on this machine (a thread, or a process each when several run at once), each on its
+device group from `ensemble.devices`, or as Ray tasks (`ensemble.runner: ray`), where Ray picks
+the GPUs and the member maps them to cuda:0... Either way a member's weights are those it would
+have alone: its seed, its work and its process's random generator are its own.
 The work is alexnet/ensemble.py's; this flow adds the task boundaries, retries, concurrency and logs.
 """
 
@@ -54,7 +55,7 @@ def train_ensemble_flow(params: Params, paths: TrainPaths, on_epoch: MemberHook 
         with runners.member_options(ray_resources(params)):
             results = run_in_waves(task_fn, calls, params.ensemble.concurrency)
     else:
-        # Threads suffice on one machine: the heavy work is in torch kernels, which release the GIL.
+        # One member at a time in a thread; several at once each in a process (runners.task_runner).
         calls = [(i, placed(params, devices), paths, run, on_epoch)
                  for i, devices in enumerate(member_devices(params))]
         results = run_in_waves(task_fn, calls, members_at_once(params))

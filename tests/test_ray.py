@@ -1,9 +1,9 @@
 """Ensemble members on device groups and on Ray (issue 12, item 2).
 
 Device-group assignment is pure (no GPU needed); bad pools and unreachable Ray addresses must fail
-before any work, in one line naming the key. The slow test trains a 2-member ensemble on a local
-Ray (2 CPUs, the members side by side) and on the threads runner (one after another) and compares
-the weights tensor by tensor, then checks that no Ray process outlives the run.
+before any work, in one line naming the key. The slow tests train a 2-member ensemble one member at a
+time on the threads runner, then side by side on a local Ray (2 CPUs) and in two processes of the
+threads runner, and compare the weights tensor by tensor; no Ray process may outlive a run.
 """
 
 import contextlib
@@ -176,47 +176,53 @@ def record_process(out: Path):
     return hook
 
 
-@pytest.mark.slow
-def test_two_members_on_a_local_ray_match_the_threads_runner_bit_for_bit(tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
+def train_two_members(root: Path, data: Path, runner: str, concurrency: int) -> tuple[list[dict], set[int], set[int]]:
+    """A 2-member ensemble's weights, the processes that trained it, the Ray daemons seen meanwhile."""
     from alexnet.layout import MODEL_FILE, member_name
     from flows.train_ensemble import train_ensemble
 
-    data = build_tiny_data(tmp_path / "data")
-    weights = {}
+    raw = tiny_params(epochs=1)
+    raw["ensemble"] = {"members": 2, "concurrency": concurrency, "runner": runner}
+    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": f"{runner}-{concurrency}"}
+    (root / "seen").mkdir(parents=True)
+    with watching(ray_daemons) as daemons:
+        train_ensemble(parse_params(raw), train_paths(root, data), on_epoch=record_process(root / "seen"))
+    weights = [torch.load(root / "models" / member_name(i) / MODEL_FILE, weights_only=True)["model"] for i in range(2)]
+    seen = sorted(p.name for p in (root / "seen").iterdir())
+    assert {name.split(".")[0] for name in seen} == {"member-0", "member-1"}
+    return weights, {int(name.split("pid-")[1]) for name in seen}, daemons
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """Data, and the weights of the members trained one at a time in this process (threads runner)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    root = tmp_path_factory.mktemp("ray-ensemble")
+    data = build_tiny_data(root / "data")
     with prefect_test_harness(server_startup_timeout=180):
-        for runner, concurrency in (("threads", 1), ("ray", 2)):  # alone / side by side in Ray workers
-            raw = tiny_params(epochs=1)
-            raw["ensemble"] = {"members": 2, "concurrency": concurrency, "runner": runner}
-            root = tmp_path / runner
-            root.mkdir()
-            raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": f"ray-{runner}"}
-            (root / "seen").mkdir()
-            with watching(ray_daemons) as daemons:
-                train_ensemble(parse_params(raw), train_paths(root, data), on_epoch=record_process(root / "seen"))
-            assert bool(daemons) == (runner == "ray"), daemons  # so the check below can see them
-            weights[runner] = [torch.load(root / "models" / member_name(i) / MODEL_FILE, weights_only=True)["model"]
-                               for i in range(2)]
-            seen = sorted(p.name for p in (root / "seen").iterdir())
-            pids = {int(name.split("pid-")[1]) for name in seen}
-            assert {name.split(".")[0] for name in seen} == {"member-0", "member-1"}
-            if runner == "threads":
-                assert pids == {os.getpid()}
-            else:  # each member in a Ray worker of its own
-                assert len(pids) == 2 and os.getpid() not in pids, seen
+        weights, pids, daemons = train_two_members(root / "threads-1", data, "threads", 1)
+        assert pids == {os.getpid()} and not daemons
+        yield {"root": root, "data": data, "weights": weights}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["ray", "threads"])
+def test_two_members_side_by_side_keep_their_weights_bit_for_bit(alone, runner):
+    """Side by side on a local Ray (2 CPUs), or in two processes on the threads runner: the solo weights."""
+    weights, pids, daemons = train_two_members(alone["root"] / f"{runner}-2", alone["data"], runner, 2)
+    assert len(pids) == 2 and os.getpid() not in pids  # each member in a process of its own
+    assert bool(daemons) == (runner == "ray"), daemons  # the check below can see Ray's daemons
+    for i, (solo, beside) in enumerate(zip(alone["weights"], weights)):
+        assert solo.keys() == beside.keys()
+        for key in solo:
+            assert torch.equal(solo[key], beside[key]), (i, key)
+    first, second = weights
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the members' seeds differ
 
     import ray
 
     assert not ray.is_initialized()
-    for i in range(2):
-        threads, on_ray = weights["threads"][i], weights["ray"][i]
-        assert threads.keys() == on_ray.keys()
-        for key in threads:
-            assert torch.equal(threads[key], on_ray[key]), (member_name(i), key)
-    first, second = weights["threads"]
-    assert any(not torch.equal(first[k], second[k]) for k in first)  # the members' seeds differ
-
     deadline = time.monotonic() + 30  # ray.shutdown() stops its daemons; give them time to exit
     while (left := ray_daemons()) and time.monotonic() < deadline:
         time.sleep(0.5)
