@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +58,7 @@ def local_init_kwargs() -> dict[str, Any]:
 
     Ray cannot be bound to loopback from ray.init: it turns 127.0.0.1 into the node's own address
     (ray._private.services.resolve_ip_for_localhost) and its servers listen on every interface.
-    Its token authentication, on by default since 2.5x, is what keeps others off those ports.
+    Its token authentication, on by default in the Ray this project pins, keeps others off them.
     """
     return {
         "num_cpus": os.cpu_count() or 1,
@@ -103,7 +104,7 @@ def task_runner(runner: str, address: str | None, concurrency: int) -> TaskRunne
 
 
 def member_options(resources: dict[str, float]) -> contextlib.AbstractContextManager[Any]:
-    """The context a member is submitted in: Ray's resource request on Ray, nothing on threads."""
+    """The context members are submitted in on Ray: each task's resource request (GPUs, CPUs)."""
     from prefect_ray.context import remote_options
 
     return remote_options(**resources)
@@ -111,9 +112,8 @@ def member_options(resources: dict[str, float]) -> contextlib.AbstractContextMan
 
 def in_ray_task() -> bool:
     """True inside a Ray worker (a member submitted by RayTaskRunner), where Ray chose the GPUs."""
-    try:
-        import ray
-    except ImportError:
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; elsewhere importing it costs seconds
+    if ray is None:
         return False
     return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
