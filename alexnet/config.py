@@ -193,6 +193,20 @@ class EnsembleParams(_Section):
     members: int = Field(1, ge=1)  # §6: the paper averages 5
     concurrency: int = Field(1, ge=1)  # members trained side by side
     retries: int = Field(1, ge=0)
+    # The pool members take disjoint device groups from (alexnet/placement.py), e.g. cuda:0..cuda:7;
+    # None: every member on model.devices (one group). Where a member runs never changes its weights.
+    devices: tuple[str, ...] | None = None
+    # "threads": Prefect's thread pool in this process; "ray": each member a Ray task (many machines).
+    runner: Literal["threads", "ray"] = "threads"
+    # With runner "ray": a cluster ("ray://HEAD:10001", "HEAD:6379"); None starts a local Ray for the run.
+    ray_address: str | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _pool(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and not v:
+            raise ValueError("an empty pool; give devices, or null for model.devices")
+        return v
 
 
 class TrackingParams(_Section):
@@ -230,6 +244,12 @@ def _check_across_sections(params: Params, source: str) -> None:
     if params.data.source == "synthetic" and params.train.batch_size > train_images:
         problems.append(f"train.batch_size: {params.train.batch_size} is larger than the {train_images} train "
                         "images of data.synthetic (classes x train_per_class); training drops incomplete batches")
+    ensemble = params.ensemble
+    if ensemble.runner == "ray" and ensemble.devices is not None:
+        problems.append("ensemble.devices: not used with ensemble.runner=ray (Ray picks each member's GPUs); "
+                        "set it to null")
+    if ensemble.runner == "threads" and ensemble.ray_address is not None:
+        problems.append("ensemble.ray_address: set, but ensemble.runner is threads; set ensemble.runner: ray")
     if problems:
         raise ParamsError(f"{source}: invalid params\n" + "\n".join(f"  {p}" for p in problems))
 

@@ -5,6 +5,8 @@ trains one member into its nested run, `finish_ensemble_tracking` closes the par
 run ids for the evaluate stage. Evaluation: `member_models` names the members' files,
 `write_reports` turns their saved probabilities into metrics.json and the report files, and
 `log_evaluation` logs figures and models into the training's runs and registers the ensemble.
+Placement: `member_devices` gives each member its device group from `ensemble.devices` (threads
+runner), `ray_resources` and `devices_in_ray_task` what a member asks of Ray and where it then runs.
 A flow (flows/) is the task boundaries, retries and concurrency over these calls.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from alexnet.atomic import atomic_write_json
-from alexnet.config import DataParams, Params, flatten
+from alexnet.config import DataParams, Params, TrainParams, flatten
 from alexnet.evaluate import evaluate_ensemble, headline_view, read_class_names
 from alexnet.layout import (
     CLASSES_FILE,
@@ -34,6 +36,7 @@ from alexnet.layout import (
     member_name,
 )
 from alexnet.member import load_member, train_member
+from alexnet.placement import local_devices_from_ray, member_groups, ray_member_resources
 from alexnet.provenance import dvc_lock_version, git_commit
 from alexnet.registry import example_batch, log_ensemble, log_model, register
 from alexnet.shards import ShardSet, data_version
@@ -81,6 +84,67 @@ class EnsembleRun:
     parent: str
     tags: Mapping[str, str]  # the provenance every run of the ensemble carries
     dataset: Mapping[str, str]  # the shards as the runs' dataset input: name, digest, source, dvc_data_version
+
+
+def replicas(train: TrainParams) -> int:
+    """DDP ranks per member (train.replicas where this version has the key, else 1)."""
+    return int(getattr(train, "replicas", 1))
+
+
+def member_devices(params: Params) -> list[tuple[str, ...]]:
+    """Each member's model.devices, in member order, and so how many run at once (`members_at_once`).
+
+    Without a pool every member runs on model.devices. With `ensemble.devices` member i takes group
+    i mod G of the G disjoint groups of train.replicas x len(model.devices) devices the pool holds
+    (at most ensemble.concurrency groups): a member keeps its group on a rerun with the same params,
+    and so its checkpoint (model.devices is part of its key). A pool too small for one member fails
+    here, before any work, naming ensemble.devices.
+    """
+    shape, groups = params.model.devices, _groups(params)
+    if groups is None:
+        return [shape] * params.ensemble.members
+    # A replica's devices are the first of its member's group (the launcher of DDP replicas numbers
+    # the rest from there); both towers on one GPU stay on one: [g, g].
+    per, members = _per_replica(shape), [groups[i % len(groups)] for i in range(params.ensemble.members)]
+    return [group[:1] * len(shape) if per < len(shape) else group[:per] for group in members]
+
+
+def members_at_once(params: Params) -> int:
+    """Members trained side by side: ensemble.concurrency, or fewer when the pool holds fewer groups."""
+    groups = _groups(params)
+    return params.ensemble.concurrency if groups is None else len(groups)
+
+
+def _groups(params: Params) -> list[tuple[str, ...]] | None:
+    ens = params.ensemble
+    if ens.devices is None:
+        return None
+    return member_groups(ens.devices, replicas(params.train), _per_replica(params.model.devices), ens.concurrency)
+
+
+def _per_replica(shape: tuple[str, ...]) -> int:
+    """Pool entries one replica takes: a GPU once however many towers it holds, a CPU slot per tower."""
+    return 1 if len(set(shape)) == 1 and shape[0].startswith("cuda") else len(shape)
+
+
+def placed(params: Params, devices: tuple[str, ...]) -> Params:
+    """`params` with `devices` as model.devices: the same member, trained on another device group."""
+    model = params.model.model_copy(update={"devices": tuple(devices)})
+    # Copying the other sections is no use of them (what reads them is scanned by dvc_deps on its own).
+    return Params.model_copy(params, update={"model": model})
+
+
+def ray_resources(params: Params) -> dict[str, float]:
+    """What one member's Ray task asks for: the distinct GPUs of its replicas, train.threads CPUs."""
+    shape, copies = params.model.devices, replicas(params.train)
+    gpus = [d for d in dict.fromkeys(shape) if d.startswith("cuda")]
+    group = shape if copies == 1 or not gpus else tuple(f"cuda:{i}" for i in range(len(gpus) * copies))
+    return ray_member_resources(group, cpus=params.train.threads or 1)
+
+
+def devices_in_ray_task(params: Params, gpu_ids: Sequence[int | str]) -> tuple[str, ...]:
+    """model.devices inside a member's Ray task: Ray's GPUs are cuda:0.. there (CUDA_VISIBLE_DEVICES)."""
+    return local_devices_from_ray(gpu_ids, len(params.model.devices))
 
 
 def dataset_name(data: DataParams) -> str:

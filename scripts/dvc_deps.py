@@ -41,7 +41,9 @@ ROOT_TYPE = "Params"
 
 # Params that decide how the work is scheduled, never what an output holds: reading them does not
 # make a stage depend on them (a change must not rerun hours of training).
-RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers"})
+# Where the members run is one of them: a member's weights do not depend on its devices' group or runner.
+RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers", "ensemble.devices",
+                           "ensemble.runner", "ensemble.ray_address"})
 
 
 def module_path(module: str, root: Path = ROOT) -> Path | None:
