@@ -150,3 +150,17 @@ def test_train_section_workers_finish_compile():
         assert str(err.value).count("\n") == 1 and line in str(err.value)  # one line, naming the key
     assert finish_device("auto", "cpu") is None and finish_device("auto", "cuda:1") == "cuda:1"
     assert finish_device("device", "cpu") == "cpu" and finish_device("cpu", "cuda") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_finish_on_a_gpu_gives_todays_batches(shards_dir):
+    # Pinned staging, the side stream and the GPU's float32 ops: still the CPU's batches, bit for bit.
+    train = dict(batch_size=8, crop_size=CROP, seed=5, workers=1, divisor=(58.0, 57.0, 57.5),
+                 augment=AugmentParams(pca_scale="sqrt"))  # fmt: skip
+    with TrainLoader(shards_dir, **train) as cpu, TrainLoader(shards_dir, **train, finish_on="cuda:0") as gpu:
+        for epoch in (0, 1):
+            on_gpu = [(x.cpu(), y.cpu()) for x, y in gpu.epoch(epoch)]
+            _same(_collect(cpu.epoch(epoch)), on_gpu)
+    ten = dict(batch_size=6, crop_size=CROP, ten_crop=True, workers=1)
+    with EvalLoader(shards_dir, **ten) as cpu, EvalLoader(shards_dir, **ten, finish_on="cuda:0") as gpu:
+        _same(_collect(cpu), [(x.cpu(), y.cpu()) for x, y in gpu])
