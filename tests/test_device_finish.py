@@ -164,3 +164,33 @@ def test_device_finish_on_a_gpu_gives_todays_batches(shards_dir):
     ten = dict(batch_size=6, crop_size=CROP, ten_crop=True, workers=1)
     with EvalLoader(shards_dir, **ten) as cpu, EvalLoader(shards_dir, **ten, finish_on="cuda:0") as gpu:
         _same(_collect(cpu), [(x.cpu(), y.cpu()) for x, y in gpu])
+
+
+class _Epochs:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def epoch(self, epoch):
+        return self.batches
+
+    def __len__(self):
+        return len(self.batches)
+
+
+@pytest.mark.slow
+def test_train_compile_trains_the_same_module(tmp_path):
+    # train.compile compiles in place: the checkpoint keeps the module's own keys (no _orig_mod.),
+    # and without dropout the compiled run follows the eager one up to rounding.
+    from alexnet.train import RunSpec, TrainData, fit  # noqa: PLC0415
+
+    histories, keys = [], []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = AlexNet(num_classes=4, crop_size=64, init="kaiming", dropout=0.0)
+        data = TrainData(_Epochs(_batches()), _batches(2))
+        train = parse_params({"train": {"epochs": 1, "batch_size": 4, "compile": compile_}}).train
+        run = RunSpec(tmp_path / f"ck-{compile_}.pt", "cpu", "fp32", progress=False)
+        histories.append(fit(model, data, train, run)[0])
+        keys.append(list(torch.load(run.checkpoint, weights_only=True)["model"]))
+    assert keys[0] == keys[1]
+    assert histories[1]["train_loss"] == pytest.approx(histories[0]["train_loss"], rel=1e-4)
