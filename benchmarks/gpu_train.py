@@ -15,9 +15,10 @@
     preprocess stages), TrainLoader with the finish on the device (train.finish), and
     alexnet.train.train_one_epoch, epoch after epoch for --seconds; the first epochs are warm-up.
 
+A JSON line follows each part; the last line is the fullest.
 Ratios: fused / no-LRN step (target >= 0.85), bf16 / full fp32 (>= 1.6) and bf16 / TF32,
 end-to-end / (a)'s step at the same settings (>= 0.95). Projected: one ImageNet epoch
-(1,281,167 images) and 90 epochs at the end-to-end rate. The last line is one JSON object.
+(1,281,167 images) and 90 epochs at the end-to-end rate.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def step_seconds(model: torch.nn.Module, precision: str, args: argparse.Namespac
 
 
 def model_steps(args: argparse.Namespace) -> dict[str, float]:
-    """(a): images/s of every model x precision (and the compiled fused bf16 model)."""
+    """(a): images/s of every model x precision."""
     table: dict[str, Callable[[], tuple[torch.nn.Module, str]]] = {
         f"{name}_{p}": (lambda kw=kw, p=p: (build(args, **kw), p)) for name, kw in MODELS.items() for p in PRECISIONS
     }
@@ -119,14 +120,42 @@ def model_steps(args: argparse.Namespace) -> dict[str, float]:
             per_round[name].append(seconds)
             print(f"round {r + 1}/{args.rounds} step {name:22s} {args.batch / seconds:9.1f} img/s", flush=True)
             del model
-    if args.compile:  # once, after the rounds: each build compiles anew, and compiling takes a while
-        try:
-            per_round["fused_bf16_compiled"] = [step_seconds(build(args, compile_=True), "bf16", args)]
-            print(f"step fused_bf16_compiled {args.batch / per_round['fused_bf16_compiled'][0]:9.1f} img/s")
-        except Exception as err:
-            print(f"step fused_bf16_compiled: failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
     return {name: round(args.batch / statistics.median(s), 1) for name, s in per_round.items()
             if s and name not in failed}  # fmt: skip
+
+
+def compiled_step(args: argparse.Namespace) -> dict[str, float]:
+    """(a), last: the fused bf16 model under whole-model torch.compile (train.compile), timed once:
+    compiling takes a while, so it runs after everything else has its figures."""
+    try:
+        seconds = step_seconds(build(args, compile_=True), "bf16", args)
+    except Exception as err:
+        print(f"step fused_bf16_compiled: failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+        return {}
+    print(f"step fused_bf16_compiled {args.batch / seconds:9.1f} img/s", flush=True)
+    return {"fused_bf16_compiled": round(args.batch / seconds, 1)}
+
+
+def summary(result: dict, steps: dict[str, float], loop: dict | None, args: argparse.Namespace) -> dict:
+    """The ratios and projections from what has been measured so far (None where a part is missing)."""
+
+    def ratio(a: str, b: str) -> float | None:
+        return round(steps[a] / steps[b], 3) if a in steps and b in steps else None
+
+    out = {**result, "step_images_per_s": steps}
+    for p in PRECISIONS:
+        out[f"fused_vs_no_lrn_{p}"] = ratio(f"fused_{p}", f"no_lrn_{p}")  # target >= 0.85
+        out[f"torch_lrn_vs_no_lrn_{p}"] = ratio(f"torch_lrn_{p}", f"no_lrn_{p}")
+    out["bf16_vs_fp32"] = ratio("fused_bf16", "fused_fp32")  # target >= 1.6
+    out["bf16_vs_tf32"] = ratio("fused_bf16", "fused_tf32")
+    out["compiled_vs_eager_bf16"] = ratio("fused_bf16_compiled", "fused_bf16")
+    if loop is not None:
+        out["loop"] = loop
+        same = f"fused_{args.loop_precision}" + ("_compiled" if args.compile_loop else "")
+        out["loop_vs_step"] = round(loop["images_per_s"] / steps[same], 3) if same in steps else None  # >= 0.95
+        epoch_h = IMAGENET_TRAIN / loop["images_per_s"] / 3600
+        out["imagenet_epoch_h"], out["imagenet_90_epochs_h"] = round(epoch_h, 3), round(90 * epoch_h, 2)
+    return out
 
 
 def lrn_timings(args: argparse.Namespace) -> dict[str, float]:
@@ -207,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="(a): timed windows per variant per round")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--compile", action="store_true", help="(a): also the compiled fused bf16 model")
+    parser.add_argument("--compile", action="store_true", help="(a): also the compiled fused bf16 model, last")
     parser.add_argument("--compile-loop", action="store_true", help="(c): the train loop compiled (train.compile)")
     parser.add_argument("--images", type=int, default=12_800, help="(c): training images in the shards")
     parser.add_argument("--seconds", type=float, default=60.0, help="(c): about how long the loop runs")
@@ -232,32 +261,22 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     result: dict = {"device": name, "torch": torch.__version__, "batch": args.batch, "crop": args.crop,
                     "smoke": args.smoke}  # fmt: skip
+    # A JSON line after each part, the fullest last: a run stopped by its time limit keeps what it measured.
     steps = {} if "step" in skip else model_steps(args)
-    result["step_images_per_s"] = steps
     result["lrn_us"] = {} if "lrn" in skip else lrn_timings(args)
-
-    def ratio(a: str, b: str) -> float | None:
-        return round(steps[a] / steps[b], 3) if a in steps and b in steps else None
-
-    for p in PRECISIONS:
-        result[f"fused_vs_no_lrn_{p}"] = ratio(f"fused_{p}", f"no_lrn_{p}")  # target >= 0.85
-        result[f"torch_lrn_vs_no_lrn_{p}"] = ratio(f"torch_lrn_{p}", f"no_lrn_{p}")
-    result["bf16_vs_fp32"] = ratio("fused_bf16", "fused_fp32")  # target >= 1.6
-    result["bf16_vs_tf32"] = ratio("fused_bf16", "fused_tf32")
-    result["compiled_vs_eager_bf16"] = ratio("fused_bf16_compiled", "fused_bf16")
+    print(json.dumps(summary(result, steps, None, args)), flush=True)
+    loop = None
     if "loop" not in skip:
         with tempfile.TemporaryDirectory(prefix="gpu-train-") as tmp:
             t = time.perf_counter()
             shards = write_shards(Path(tmp), args)
             result["shards_build_s"] = round(time.perf_counter() - t, 1)
-            loop = train_loop(args, args.loop_precision, shards)
-        result["loop"] = {**loop, "precision": args.loop_precision, "compiled": args.compile_loop}
-        same = f"fused_{args.loop_precision}" + ("_compiled" if args.compile_loop else "")
-        result["loop_vs_step"] = round(loop["images_per_s"] / steps[same], 3) if same in steps else None  # >= 0.95
-        epoch_h = IMAGENET_TRAIN / loop["images_per_s"] / 3600
-        result["imagenet_epoch_h"], result["imagenet_90_epochs_h"] = round(epoch_h, 3), round(90 * epoch_h, 2)
-    print(json.dumps(result))
-
+            loop = {**train_loop(args, args.loop_precision, shards), "precision": args.loop_precision,
+                    "compiled": args.compile_loop}  # fmt: skip
+        print(json.dumps(summary(result, steps, loop, args)), flush=True)
+    if args.compile and "step" not in skip:
+        steps = {**steps, **compiled_step(args)}
+        print(json.dumps(summary(result, steps, loop, args)), flush=True)
 
 if __name__ == "__main__":
     main()
