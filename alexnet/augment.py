@@ -84,25 +84,43 @@ def subtract_mean_windows(
     flips: torch.Tensor,
     shift: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    gather: bool = False,
 ) -> torch.Tensor:
     """float32 (N, c, c, 3): crops (N, c, c, 3) uint8 as `crop_flip` cut them at (ys, xs, flips),
     minus the same window of mean (S, S, 3), mirrored alike, plus shift[i] (N, 3) at every pixel
     if given. The conversion and the shift are one op each over the whole batch (one parallel
-    loop each); only the windows, which differ per image, are subtracted image by image.
+    loop each); the windows, which differ per image, are subtracted image by image, or with
+    `gather` gathered first into one (N, c, c, 3) tensor and subtracted in one op: the same
+    floats (each element is the same uint8 - float32 subtraction), without a kernel launch and a
+    host read of the draws per image, which is what a GPU wants (ys, xs, flips on mean's device).
     """
     n, c, s = crops.shape[0], crops.shape[1], mean.shape[0]
     if out is None:
         out = torch.empty((n, c, c, 3), dtype=torch.float32, device=crops.device)
     out.copy_(crops)  # copy_ then sub_: a mixed uint8 - float32 op takes a slow, unvectorised path
     mean = mean.float()
-    mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
-    for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
-        out[i].sub_(mirrored_mean[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c])
+    if gather:
+        out.sub_(mean_windows(mean, ys, xs, flips, c))
+    else:
+        mirrored_mean = mean.flip(1)  # the mirror of mean's window at x is mirrored_mean[:, s-c-x : s-x]
+        for i, (y, x, f) in enumerate(zip(ys.tolist(), xs.tolist(), flips.tolist(), strict=True)):
+            out[i].sub_(mirrored_mean[y : y + c, s - c - x : s - x] if f else mean[y : y + c, x : x + c])
     if shift is not None:
         # The shift as one image row (c * 3,) per image: adding rows keeps the inner loop long and
         # vectorised; broadcasting a (3,) vector over the last dim makes the inner loop 3 long.
         out.view(n, c, c * 3).add_(shift.float().repeat(1, c)[:, None, :])
     return out
+
+
+def mean_windows(mean: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor,
+                 crop_size: int) -> torch.Tensor:
+    """float32 (N, c, c, 3): window i of mean (S, S, 3) at (ys[i], xs[i]), mirrored where flips[i],
+    gathered in one indexing op on mean's device. Column j of a mirrored window is column
+    x + c - 1 - j of mean."""
+    steps = torch.arange(crop_size, device=mean.device)
+    rows = ys[:, None] + steps  # (N, c)
+    cols = torch.where(flips[:, None], xs[:, None] + (crop_size - 1) - steps, xs[:, None] + steps)  # (N, c)
+    return mean[rows[:, :, None], cols[:, None, :]]
 
 
 def lighting_shift(
@@ -183,9 +201,11 @@ def finish_train(
     draws: TrainDraws,
     divisor: float | torch.Tensor = 1.0,
     out: torch.Tensor | None = None,
+    gather: bool = False,
 ) -> torch.Tensor:
-    """uint8 crops (N, c, c, 3) cut by `crop_flip` with `draws` -> the float32 (N, 3, c, c) input."""
-    x = subtract_mean_windows(crops, mean, draws.ys, draws.xs, draws.flips, draws.shift, out)
+    """uint8 crops (N, c, c, 3) cut by `crop_flip` with `draws` -> the float32 (N, 3, c, c) input.
+    Runs where crops, mean and draws are (a GPU too); `gather` as in `subtract_mean_windows`."""
+    x = subtract_mean_windows(crops, mean, draws.ys, draws.xs, draws.flips, draws.shift, out, gather)
     return _to_nchw(x, divisor)
 
 

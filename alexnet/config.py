@@ -176,12 +176,28 @@ class TrainParams(_Section):
     # auto: bf16 where the hardware computes it natively (AVX-512 BF16/AMX CPUs, bf16 GPUs), else fp32.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     deterministic: bool = False
-    workers: int = Field(2, ge=1)  # background loader processes
+    # Background loader processes; "auto": the cores this process may use, less one (at least 1).
+    workers: int | Literal["auto"] = 2
+    # Where a batch is finished (float conversion, mean windows, lighting) from its uint8 crops:
+    # "cpu" the main process, "device" the training device (alexnet/device_finish.py; the same
+    # batch bit for bit, a quarter of the bytes to copy to a GPU), "auto" the device when it is a GPU.
+    finish: Literal["auto", "cpu", "device"] = "auto"
+    # Whole-model torch.compile: fewer kernels on a GPU; fused ops round differently from eager
+    # ones, so a compiled run's weights differ from an eager run's (it is part of the run key).
+    compile: bool = False
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
     # glibc keeps freed memory for the next step instead of unmapping it (alexnet/heap.py): the
     # paper model's CPU training step 1.2x faster at batch 128; the process keeps its peak memory.
     keep_freed_memory: bool = True
     augment: AugmentParams = AugmentParams()
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        # One line for a bad value, not one per member of the union.
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError('a number of processes >= 1 or "auto" is expected')
 
 
 class EvaluateParams(_Section):

@@ -8,7 +8,9 @@ Workers: a torch DataLoader with `batch_size=None` over a sampler that yields ba
 each worker reads its batch, draws its augmentation, cuts and mirrors the crops in uint8 and
 writes them straight into shared memory; the main process turns them into float32, subtracts
 the mean windows and adds the lighting (`finish`), a small share of a training step, so the
-step never waits for data. Workers are persistent across epochs (no start-up per epoch) and run
+step never waits for data. With `finish_on` a GPU, the main process instead copies the uint8
+crops there and the GPU finishes them (alexnet/device_finish.py): the same batch, bit for bit.
+Workers are persistent across epochs (no start-up per epoch) and run
 torch with one thread, leaving the cores to the model. Memory does not grow with the dataset:
 each worker holds one batch plus `prefetch` finished ones; shards are read through memmaps
 (raw) or decoded per batch (jpeg). The main process holds only the labels and one epoch's
@@ -23,6 +25,7 @@ as in the paper); evaluation keeps every image.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from alexnet.batches import (
     train_keys,
 )
 from alexnet.config import AugmentParams
+from alexnet.device_finish import DeviceFinish
 from alexnet.layout import TRAIN, VAL
 from alexnet.shards import ShardSet, load_stats
 from alexnet.shm import CropRing, OutputBuffers
@@ -93,7 +97,7 @@ class _Keys(Sampler):
 
 class _Loader:
     def __init__(self, shards_dir: str | Path, split: str, inputs: TrainInputs | EvalInputs, workers: int,
-                 prefetch: int, pin_memory: bool, batch_size: int) -> None:  # fmt: skip
+                 prefetch: int, pin_memory: bool, batch_size: int, finish_on: str | None = None) -> None:  # fmt: skip
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         if prefetch < 1:
@@ -120,6 +124,8 @@ class _Loader:
             generator=torch.Generator(),
         )
         self._inputs = inputs
+        # finish_on: the device that finishes the batches from their uint8 crops; None: this process.
+        self._device_finish = None if finish_on is None else DeviceFinish(inputs, finish_on, batch_size)
 
     def _pass(self, keys: Sequence[BatchKey]) -> Iterator[Batch]:
         self._keys.keys = keys  # read by iter(sampler) in iter(loader)
@@ -130,12 +136,16 @@ class _Loader:
             ticket = None
             if self._ring is not None:
                 ticket, crops = crops, self._ring.view(crops)
-            images = self._inputs.finish(crops, extras, self._outputs.take(tuple(crops.shape)))  # copies out
+            if self._device_finish is not None:
+                images, labels_t = self._device_finish(crops, extras, labels)  # copies out, finishes there
+            else:
+                images = self._inputs.finish(crops, extras, self._outputs.take(tuple(crops.shape)))  # copies out
+                labels_t = torch.from_numpy(labels)
             if ticket is not None:
                 self._ring.check(ticket)
-            if self._pin_memory:
+            if self._pin_memory and self._device_finish is None:
                 images = images.pin_memory()
-            yield images, torch.from_numpy(labels)
+            yield images, labels_t
 
     def close(self) -> None:
         """Stop the worker processes (also happens when the loader is garbage-collected)."""
@@ -177,6 +187,7 @@ class TrainLoader(_Loader):
         split: str = TRAIN,
         prefetch: int = 4,
         pin_memory: bool = False,
+        finish_on: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -184,7 +195,7 @@ class TrainLoader(_Loader):
         stats = tuple(torch.as_tensor(a, dtype=torch.float32) for a in load_stats(shards_dir))
         inputs = TrainInputs(seed, stats, _divisor(divisor), crop_size, augment)
         self.batch_size, self.seed = batch_size, seed
-        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory, batch_size)
+        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory, batch_size, finish_on)
         if self.num_images < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the {self.num_images} {split} images")
 
@@ -211,13 +222,14 @@ class EvalLoader(_Loader):
         divisor: float | Sequence[float] = 1.0,
         prefetch: int = 2,
         pin_memory: bool = False,
+        finish_on: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         mean = torch.as_tensor(load_stats(shards_dir)[0], dtype=torch.float32)
         self.batch_size = batch_size
         super().__init__(shards_dir, split, EvalInputs(mean, crop_size, ten_crop, _divisor(divisor)), workers,
-                         prefetch, pin_memory, batch_size)  # fmt: skip
+                         prefetch, pin_memory, batch_size, finish_on)  # fmt: skip
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)  # the last batch may be smaller
@@ -236,3 +248,18 @@ def _divisor(divisor: float | Sequence[float]) -> float | torch.Tensor:
     if torch.any(torch.as_tensor(value) <= 0):
         raise ValueError(f"divisor must be > 0, got {divisor}")
     return value
+
+
+def resolve_workers(workers: int | str) -> int:
+    """train.workers: a count, or "auto": the cores this process may run on, less one for the main process."""
+    if workers == "auto":
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    return int(workers)
+
+
+def finish_device(finish: str, device: str) -> str | None:
+    """train.finish -> the device that finishes batches (alexnet/device_finish.py), None for this process.
+    "auto": the device when it is a GPU (the CPU path leaves the cores to a CPU model's step)."""
+    if finish == "device" or (finish == "auto" and torch.device(device).type == "cuda"):
+        return device
+    return None

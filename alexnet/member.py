@@ -69,8 +69,9 @@ def run_key(params: Params, index: int, shards_dir: Path) -> str:
     """Everything that decides a member's weights: a checkpoint is resumed only under the same key."""
     decisive = {
         "model": params.model.model_dump(mode="json"),
-        # Neither the loader's processes nor where malloc keeps memory changes a result.
-        "train": params.train.model_dump(mode="json", exclude={"workers", "keep_freed_memory"}),
+        # Neither the loader's processes, where malloc keeps memory nor where batches are finished
+        # (bit-equal either way: tests/test_device_finish.py) changes a result.
+        "train": params.train.model_dump(mode="json", exclude={"workers", "keep_freed_memory", "finish"}),
         "seed": member_seed(params.train.seed, index),
         "precision": resolve_precision(params.train.precision, params.model.devices[0]),  # what "auto" became
         "data": data_version(shards_dir),
@@ -115,13 +116,14 @@ def train_member(
     }
     tr = params.train
     pin = torch.device(device).type == "cuda"  # page-locked batches: the copy to the GPU runs async
+    workers, finish_on = loaders.resolve_workers(tr.workers), loaders.finish_device(tr.finish, device)
     train_data = loaders.TrainLoader(
-        shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=tr.workers,
-        augment=tr.augment, divisor=params.model.input_scale, pin_memory=pin,
+        shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=workers,
+        augment=tr.augment, divisor=params.model.input_scale, pin_memory=pin, finish_on=finish_on,
     )
     val_data = loaders.EvalLoader(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
-        ten_crop=False, workers=tr.workers, divisor=params.model.input_scale, pin_memory=pin,
+        ten_crop=False, workers=workers, divisor=params.model.input_scale, pin_memory=pin, finish_on=finish_on,
     )
     log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
              list(params.model.devices), precision, paths.checkpoint)
@@ -173,8 +175,9 @@ def predict_member(
     for view, ten in views.items():
         data = loaders.EvalLoader(
             shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
-            ten_crop=ten, workers=params.train.workers, divisor=params.model.input_scale,
+            ten_crop=ten, workers=loaders.resolve_workers(params.train.workers), divisor=params.model.input_scale,
             pin_memory=torch.device(device).type == "cuda",
+            finish_on=loaders.finish_device(params.train.finish, device),
         )
         with data:
             probs, labels = predict(model, data, device=device,

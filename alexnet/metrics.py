@@ -30,9 +30,11 @@ def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(labels.min())}, max {int(labels.max())}")
 
 
-def rank_of_label(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N,) int64: how many OTHER classes score >= the true class (0 = strictly best); NaN rows get C."""
-    _check(scores, labels)
+def rank_of_label(scores: torch.Tensor, labels: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """(N,) int64: how many OTHER classes score >= the true class (0 = strictly best); NaN rows get C.
+    check=False skips the input checks, which read the labels back to the host (a GPU sync)."""
+    if check:
+        _check(scores, labels)
     labels = labels.long()
     true = scores.gather(1, labels[:, None])  # (N, 1)
     rank = (scores >= true).sum(dim=1) - 1  # the true class always ties with itself
@@ -40,12 +42,12 @@ def rank_of_label(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, torch.full_like(rank, scores.shape[1]), rank)
 
 
-def within_topk(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+def within_topk(scores: torch.Tensor, labels: torch.Tensor, k: int, *, check: bool = True) -> torch.Tensor:
     """(N,) bool: is the label within the top k under the pessimistic tie rule (k clamped to C)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     # rank <= C - 1 on clean rows, so k >= C credits them all; NaN rows have rank C and never pass.
-    return rank_of_label(scores, labels) < min(k, scores.shape[1])
+    return rank_of_label(scores, labels, check=check) < min(k, scores.shape[1])
 
 
 def topk_err(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
