@@ -2,6 +2,7 @@
 
     python scripts/dvc_deps.py            # every stage's derived code deps and params reads
     python scripts/dvc_deps.py train      # one stage
+    python scripts/dvc_deps.py --write    # rewrite dvc.yaml's code deps and params, and each PARAMS
 
 Code deps: the stage's entry module (`python -m stages.<name>` in its cmd) and every module of
 alexnet/, stages/ and flows/ it imports, transitively, found by parsing `import` statements with
@@ -308,7 +309,46 @@ def minimal(reads: set[str]) -> list[str]:
     return sorted(r for r in reads if not any(covers(o, r) and o != r for o in reads))
 
 
+_CODE_DEP = re.compile(r"^      - (alexnet|stages|flows)/\S+\.py\s*$")
+_STAGE = re.compile(r"^  (\w+):\s*$")
+
+
+def write(root: Path = ROOT) -> None:
+    """Rewrite dvc.yaml's code deps and params (keeping its comments) and every stage's PARAMS line."""
+    derived = {s.name: s for s in stages(root)}
+    lines = (root / "dvc.yaml").read_text().splitlines(keepends=True)
+    out, stage, i = [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        if (m := _STAGE.match(line)) and m.group(1) in derived:
+            stage = derived[m.group(1)]
+        if stage and _CODE_DEP.match(line):  # the run of code deps, replaced as a whole
+            while i < len(lines) and _CODE_DEP.match(lines[i]):
+                i += 1
+            out.extend(f"      - {f}\n" for f in stage.code_deps)
+            continue
+        if stage and line.rstrip() == "    params:":
+            out.append(line)
+            i += 1
+            while i < len(lines) and re.match(r"^      - \S+\s*$", lines[i]):
+                i += 1
+            out.extend(f"      - {r}\n" for r in minimal(stage.params_reads))
+            continue
+        out.append(line)
+        i += 1
+    (root / "dvc.yaml").write_text("".join(out))
+    for stage in derived.values():
+        reads = minimal(stage.params_reads)
+        one_line = "PARAMS = (" + ", ".join(f'"{r}"' for r in reads) + ("," if len(reads) == 1 else "") + ")"
+        decl = one_line if len(one_line) <= 118 else "PARAMS = (\n" + "".join(f'    "{r}",\n' for r in reads) + ")"
+        entry = root / "stages" / f"{stage.name}.py"
+        entry.write_text(re.sub(r"^PARAMS = \((?:.|\n)*?\)$", decl, entry.read_text(), count=1, flags=re.M))
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--write"]:
+        write()
+        return 0
     for stage in stages():
         if argv and stage.name not in argv:
             continue
