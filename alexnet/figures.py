@@ -1,4 +1,4 @@
-"""The paper's Figures 3 and 4 from any trained member (docs/paper.md §6.1).
+"""The paper's Figures 3 and 4 from any trained member (docs/paper.md §6).
 
 Figure 3: the 96 conv1 kernels (11x11x3), one row block per tower, each kernel scaled to [0, 1]
 for display, with a number per tower for colour specificity: the share of a kernel's energy

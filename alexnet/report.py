@@ -92,6 +92,13 @@ def _layers_md(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _shares(rows: list[dict[str, Any]]) -> str:
+    fc_params = sum(r["params"] for r in rows if r["kind"] == "fc") / sum(r["params"] for r in rows)
+    conv_macs = sum(r["macs"] for r in rows if r["kind"] == "conv") / sum(r["macs"] for r in rows)
+    return (f"The fully connected layers hold {fc_params:.1%} of the parameters; the convolutions do "
+            f"{conv_macs:.1%} of the multiply-adds.")
+
+
 def claims(summary: Mapping[str, Any], figures: Mapping[str, Any] | None) -> list[dict[str, str]]:
     """One row per claim: the paper's figure, ours (interval, n), the verdict."""
     table, out = summary.get("table", {}), []
@@ -158,10 +165,9 @@ def write_report(study_dir: Path, params: Any | None = None) -> Path:
         parts += ["## Figures 3 and 4\n", "![Figure 3](figures/figure3_conv1_kernels.png)\n",
                   "![Figure 4](figures/figure4_neighbours.png)\n"]
     parts += ["## Where the parameters and the work are (paper configuration, 224 crops, 1000 classes)\n",
-              _layers_md(paper), "\nThe fully connected layers hold most parameters; the convolutions do most "
-              "multiply-adds.\n"]
+              _layers_md(paper), "\n" + _shares(paper) + "\n"]
     if params is not None:
-        parts += [f"### The study's model ({params.model.layout}, {params.model.crop_size} px crops)\n",
+        parts += [f"### The study's model ({params.model.layout}, {params.model.crop_size} px crops, 1000 classes)\n",
                   _layers_md(layer_costs(params.model, 1000)), ""]
     cross = crossing_bytes(paper, 224)
     parts += ["## What crosses between the two devices (§3.2), forward, fp32, per image\n",

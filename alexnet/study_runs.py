@@ -148,8 +148,10 @@ def run_variant_seed(spec: StudySpec, variant: str, seed: int, paths: StudyPaths
     row["train_top1_err"] = float(final.get("train_top1_err", float("nan")))
     # Overfitting: the training error (augmented batches, training mode) minus the centre val error.
     row["train_minus_val"] = row["train_top1_err"] - row["center_top1_err"]
-    tracker.log_metrics(run_id, {k: row[k] for k in ("center_top1_err", "center_top5_err", "ten_crop_top1_err",
-                                                     "ten_crop_top5_err", "train_top1_err", "train_minus_val")})
+    # As evaluate logs them ("center.top1_err"), so `python -m alexnet.compare` shows a study's runs too.
+    tracker.log_metrics(run_id, {**{view: {k: row[f"{view}_{k}"] for k in ("top1_err", "top5_err")}
+                                    for view in (CENTER, TEN_CROP)},
+                                 "train_top1_err": row["train_top1_err"], "train_minus_val": row["train_minus_val"]})
     tracker.log_artifacts(run_id, [Path(trained["history"])])
     tracker.end(run_id)
     return row

@@ -120,7 +120,7 @@ def test_one_parent_and_a_child_per_variant_and_seed(finished):
         ("baseline", "0"), ("baseline", "1"), ("tanh", "0"), ("tanh", "1")]
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert all("ten_crop_top1_err" in r.data.metrics for r in children)
+    assert all("ten_crop.top1_err" in r.data.metrics for r in children)  # evaluate's names: compare shows them
 
 
 @pytest.mark.slow
@@ -144,3 +144,18 @@ def test_the_table_figures_and_report_are_written(finished):
     assert "60,965,224" not in report  # per-layer counts are shown, not a total claim
     assert "| conv1 | 34,944 |" in report and "into conv3" in report
     assert "within noise" in report or "reproduced" in report or "opposite" in report
+
+
+def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
+    import subprocess
+    import sys
+
+    sys.path.insert(0, "scripts")
+    from dvc_deps import import_closure
+
+    stage = yaml.safe_load(Path("study/dvc.yaml").read_text())["stages"]["study"]
+    code = {d for d in stage["deps"] if d.endswith(".py")}
+    assert code == set(import_closure("stages.study")), "run scripts/dvc_deps.py's import_closure('stages.study')"
+    assert {"params.yaml", "params/study.yaml"} <= set(stage["deps"])
+    listed = subprocess.run(["dvc", "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "train" in listed and "study" not in listed  # `dvc repro` at the root never runs the study
