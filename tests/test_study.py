@@ -159,3 +159,19 @@ def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
     assert {"params.yaml", "params/study.yaml"} <= set(stage["deps"])
     listed = subprocess.run(["dvc", "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "train" in listed and "study" not in listed  # `dvc repro` at the root never runs the study
+
+
+def test_report_counts_come_from_the_model():
+    from alexnet.config import ModelParams
+    from alexnet.report import crossing_bytes, layer_costs
+
+    rows = layer_costs(ModelParams())
+    assert sum(r["params"] for r in rows) == 60_965_224  # the paper configuration's count
+    by = {r["layer"]: r for r in rows}
+    assert by["conv1"]["macs"] == 55 * 55 * 96 * 3 * 11 * 11  # each output: one 11x11x3 kernel
+    assert by["conv2"]["macs"] == 27 * 27 * 256 * 48 * 5 * 5  # own tower: 48 input channels
+    assert by["fc6"]["macs"] == 9216 * 4096
+    cross = {c["where"]: c["bytes"] for c in crossing_bytes(rows, 224)}
+    assert cross["into conv3 (both)"] == 256 * 13 * 13 * 4 and cross["into fc8 (tower B to A)"] == 2048 * 4
+    half = {r["layer"]: r for r in layer_costs(ModelParams(towers=1, width="half"))}
+    assert half["conv2"]["macs"] == 27 * 27 * 128 * 48 * 5 * 5 and half["fc6"]["params"] == by["fc6"]["params"]
