@@ -175,3 +175,13 @@ def test_report_counts_come_from_the_model():
     assert cross["into conv3 (both)"] == 256 * 13 * 13 * 4 and cross["into fc8 (tower B to A)"] == 2048 * 4
     half = {r["layer"]: r for r in layer_costs(ModelParams(towers=1, width="half"))}
     assert half["conv2"]["macs"] == 27 * 27 * 128 * 48 * 5 * 5 and half["fc6"]["params"] == by["fc6"]["params"]
+
+
+def test_the_stage_refuses_a_bad_study_file_in_one_line(tmp_path, capsys):
+    from stages.study import main
+
+    path = write_study(tmp_path, variants={"baseline": {}, "x": {"model": {"activation": "gelu"}}})
+    assert main(["--study", str(path), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("study: ") and "variants.x" in err and "model.activation" in err
+    assert not (tmp_path / "w").exists()  # nothing ran
