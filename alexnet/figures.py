@@ -3,8 +3,9 @@
 Figure 3: the 96 conv1 kernels (11x11x3), one row block per tower, each kernel scaled to [0, 1]
 for display, with a number per tower for colour specificity: the share of a kernel's energy
 outside the grey axis (R = G = B), |w - mean_c(w)|^2 / |w|^2, averaged over the tower's kernels.
-0 is a colour-agnostic (grey) kernel; the paper saw tower A's kernels largely colour-agnostic and
-tower B's colour-specific. The tower split is the model's own: tower A's kernels are
+0 is a colour-agnostic (grey) kernel; an untrained one, its three channels independent, has an
+expected 2/3 (two of the three dimensions are off the grey axis). The paper saw tower A's
+kernels largely colour-agnostic and tower B's colour-specific. The tower split is the model's own: tower A's kernels are
 `conv1.tower_a`, the first 48 channels.
 
 Figure 4: five val images and the six training images nearest to each by Euclidean distance of
