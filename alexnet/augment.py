@@ -187,8 +187,11 @@ def draw_train(
     """§4.1's random choices for n images, as `augment` (the train.augment section) asks. The
     generator is always asked for crops, flips and lighting in that order, whatever `augment.flip`
     and `augment.pca_lighting` say, so switching one augmentation off leaves the others' draws
-    unchanged."""
+    unchanged. Without `augment.random_crop` every image gets the centre patch (the offsets are
+    still drawn, for the same reason)."""
     ys, xs = random_crop_offsets(n, stored_size, crop_size, generator)
+    if not augment.random_crop:
+        ys = xs = torch.full_like(ys, (stored_size - crop_size) // 2)
     flips = random_flips(n, generator)
     shift = lighting_shift(n, eigenvalues, eigenvectors, augment.pca_std, generator, augment.pca_scale)
     return TrainDraws(ys, xs, flips if augment.flip else torch.zeros_like(flips),

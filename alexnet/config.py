@@ -122,7 +122,14 @@ class PreprocessParams(_Section):
 
 class ModelParams(_Section):
     towers: Literal[1, 2] = 2  # §3.2: two towers, half of the kernels each
-    lrn: bool = True  # §3.3
+    # towers=1 only. "full": one tower with the two towers' kernel counts; "half": the paper's §3.2
+    # baseline, conv1-conv4 with half the kernels, conv5 and the fully connected layers full size.
+    width: Literal["full", "half"] = "full"
+    activation: Literal["relu", "tanh"] = "relu"  # §3.1: ReLU; tanh is Figure 1's comparison
+    lrn: bool = True  # §3.3; false is norm: none (the older switch, kept)
+    # What follows the nonlinearity of conv1 and conv2 (§3.3). null: as `lrn` says (lrn or none);
+    # "batchnorm": batch normalisation at the LRN's positions (one device only).
+    norm: Literal["lrn", "batchnorm", "none"] | None = None
     lrn_impl: Literal["fast", "torch"] = "fast"  # same formula; "torch" is nn.LocalResponseNorm
     # CUDA only, how the "fast" LRN runs there: "triton" one fused kernel pass forward and one backward
     # (alexnet/lrn_triton.py), "compiled" the windowed formula through torch.compile, "eager" that
@@ -150,8 +157,29 @@ class ModelParams(_Section):
                 raise ValueError(f"unknown device {d!r}; allowed: cpu, cuda, cuda:N, mps")
         return v
 
+    @model_validator(mode="after")
+    def _switches(self) -> ModelParams:
+        if self.width == "half" and self.towers != 1:
+            raise ValueError("width: half is the one-tower baseline of §3.2; it needs towers: 1")
+        if not self.lrn and self.norm not in (None, "none"):
+            raise ValueError(f"lrn: false contradicts norm: {self.norm}; set only norm")
+        if self.normalisation == "batchnorm" and len(self.devices) != 1:
+            raise ValueError("norm: batchnorm runs on one device; give one device")
+        return self
+
+    @property
+    def normalisation(self) -> str:
+        """The layer after conv1's and conv2's nonlinearity: "lrn", "batchnorm" or "none"."""
+        return self.norm if self.norm is not None else ("lrn" if self.lrn else "none")
+
+    @property
+    def layout(self) -> str:
+        """"two_towers", "one_tower_full" or "one_tower_half" (the paper's §3.2 baseline)."""
+        return "two_towers" if self.towers == 2 else f"one_tower_{self.width}"
+
 
 class AugmentParams(_Section):
+    random_crop: bool = True  # §4.1: random 224 patches; false: always the centre patch
     flip: bool = True  # §4.1: horizontal reflections
     pca_lighting: bool = True  # §4.1: PCA colour augmentation
     pca_std: float = Field(0.1, ge=0.0)  # a_i ~ N(0, 0.1)

@@ -12,9 +12,14 @@ are one tensor and each split convolution runs as one grouped convolution; on tw
 activations cross only where the paper connects the towers: into conv3 and into each fully
 connected layer. Both compute the same function (tests/test_model.py).
 
-towers=1 is one tower of FULL width (96-256-384-384-256 kernels, 4096-unit fc6/fc7, no
-grouping): the same kernel counts without the tower split. Note the paper's §3.2
-ablation instead compares against a one-GPU net with HALF as many kernels per conv layer.
+Layouts (ModelParams.layout): "two_towers" (the paper); "one_tower_full" (towers=1): one tower of
+FULL width (96-256-384-384-256 kernels, 4096-unit fc6/fc7, no grouping), the same kernel counts
+without the split; "one_tower_half" (towers=1, width=half): the paper's own §3.2 baseline, half
+the kernels in conv1-conv4 (48-128-192-192), conv5 and the fully connected layers at full size.
+
+Switches for the study of §3 (alexnet/study.py): activation relu | tanh (§3.1, Figure 1), and
+the layer after conv1's and conv2's nonlinearity, norm lrn | batchnorm | none (§3.3). The paper's
+choices build exactly the modules, in the order, they always did: same init draws, same keys.
 """
 
 from __future__ import annotations
@@ -50,16 +55,28 @@ class AlexNet(nn.Module):
         dropout: float = 0.5,
         channels_last: bool = True,
         lrn_gpu: str = "triton",
+        activation: str = "relu",
+        norm: str | None = None,
+        width: str = "full",
     ):
         super().__init__()
+        norm = norm if norm is not None else ("lrn" if lrn else "none")
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
+        if norm not in ("lrn", "batchnorm", "none"):
+            raise ValueError(f"norm must be 'lrn', 'batchnorm' or 'none', got {norm!r}")
+        if width not in ("full", "half") or (width == "half" and towers != 1):
+            raise ValueError(f"width must be 'full', or 'half' with towers=1; got {width!r} with towers={towers}")
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers}")
         if lrn_impl not in IMPLS:
             raise ValueError(f"lrn_impl must be 'fast' or 'torch', got {lrn_impl!r}")
         if pooling not in ("overlapping", "non_overlapping"):
             raise ValueError(f"pooling must be 'overlapping' or 'non_overlapping', got {pooling!r}")
-        self.towers, self.channels_last = towers, channels_last
+        self.towers, self.channels_last, self.norm = towers, channels_last, norm
         side = pooled_size(crop_size, pooling)
+        # §3.2's one-tower baseline halves conv1-conv4 only; every other layout keeps the paper's counts.
+        k1, k2, k3, k4 = (48, 128, 192, 192) if width == "half" else (96, 256, 384, 384)
 
         def conv(cin, cout, k, stride=1, padding=0, connects="own"):
             if towers == 1:
@@ -69,33 +86,41 @@ class AlexNet(nn.Module):
         def linear(fin, fout):
             return nn.Linear(fin, fout) if towers == 1 else TowerLinear(fin, fout)
 
-        def relu_norm():
-            # §3.3: ReLU, then the normalisation within each tower's channels, in one pass; ReLU alone
-            # when model.lrn is off.
-            if not lrn:
-                return nn.ReLU()
-            return LocalResponseNorm(LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=towers, impl=lrn_impl,
-                                     relu=True, gpu=lrn_gpu)
+        def act():
+            return nn.ReLU() if activation == "relu" else nn.Tanh()
+
+        def relu_norm(channels):
+            # §3.3: ReLU, then the normalisation within each tower's channels, in one pass; the
+            # nonlinearity alone without a norm. Batch normalisation is per channel, so the towers
+            # held in one tensor need no grouping.
+            if norm == "none":
+                return act()
+            if norm == "batchnorm":
+                return nn.Sequential(act(), nn.BatchNorm2d(channels))
+            fused = activation == "relu"
+            lrn_layer = LocalResponseNorm(LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=towers, impl=lrn_impl,
+                                          relu=fused, gpu=lrn_gpu)
+            return lrn_layer if fused else nn.Sequential(act(), lrn_layer)
 
         def pool():
             # §3.4: overlapping pooling, 3x3 windows 2 apart; or the 2x2 non-overlapping ablation.
             return nn.MaxPool2d(*POOL_WINDOWS[pooling])
 
         # Registered in Figure 2's order; only conv* and fc* hold parameters.
-        self.conv1 = conv(3, 96, 11, stride=4, padding=2, connects="both")  # (N, 96, 55, 55)
-        self.relu_norm1, self.pool1 = relu_norm(), pool()  # (N, 96, 27, 27)
-        self.conv2 = conv(96, 256, 5, padding=2)  # own tower: 5x5x48 -> (N, 256, 27, 27)
-        self.relu_norm2, self.pool2 = relu_norm(), pool()  # (N, 256, 13, 13)
-        self.conv3 = conv(256, 384, 3, padding=1, connects="both")  # both towers: 3x3x256 -> 13x13
-        self.relu3 = nn.ReLU()
-        self.conv4 = conv(384, 384, 3, padding=1)  # own tower: 3x3x192
-        self.relu4 = nn.ReLU()
-        self.conv5 = conv(384, 256, 3, padding=1)  # own tower: 3x3x192 -> (N, 256, 13, 13)
-        self.relu5, self.pool5 = nn.ReLU(), pool()  # (N, 256, 6, 6) for 224 crops
+        self.conv1 = conv(3, k1, 11, stride=4, padding=2, connects="both")  # (N, 96, 55, 55)
+        self.relu_norm1, self.pool1 = relu_norm(k1), pool()  # (N, 96, 27, 27)
+        self.conv2 = conv(k1, k2, 5, padding=2)  # own tower: 5x5x48 -> (N, 256, 27, 27)
+        self.relu_norm2, self.pool2 = relu_norm(k2), pool()  # (N, 256, 13, 13)
+        self.conv3 = conv(k2, k3, 3, padding=1, connects="both")  # both towers: 3x3x256 -> 13x13
+        self.relu3 = act()
+        self.conv4 = conv(k3, k4, 3, padding=1)  # own tower: 3x3x192
+        self.relu4 = act()
+        self.conv5 = conv(k4, 256, 3, padding=1)  # own tower: 3x3x192 -> (N, 256, 13, 13)
+        self.relu5, self.pool5 = act(), pool()  # (N, 256, 6, 6) for 224 crops
         self.fc6 = linear(256 * side * side, 4096)  # all of pool5: 9216 = 6x6x256 for 224 crops
-        self.relu6, self.drop6 = nn.ReLU(), nn.Dropout(dropout)  # §4.2
+        self.relu6, self.drop6 = act(), nn.Dropout(dropout)  # §4.2
         self.fc7 = linear(4096, 4096)
-        self.relu7, self.drop7 = nn.ReLU(), nn.Dropout(dropout)
+        self.relu7, self.drop7 = act(), nn.Dropout(dropout)
         self.fc8 = nn.Linear(4096, num_classes)  # on the first device
         self.devices: tuple[str, ...] = ("cpu",)
         self._init_weights(init)
@@ -143,6 +168,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"give one or two devices, got {list(devices)}")
         if len(devices) == 2 and self.towers != 2:
             raise ValueError("two devices need towers=2: each device holds one tower (§3.2)")
+        if len(devices) == 2 and self.norm == "batchnorm":
+            raise ValueError("norm=batchnorm runs on one device: its statistics span both towers' channels")
         self.to(devices[0])
         if len(devices) == 2:
             for name in TOWER_LAYERS:
@@ -195,6 +222,9 @@ def build_model(cfg: ModelParams, num_classes: int) -> AlexNet:
         init=cfg.init,
         dropout=cfg.dropout,
         lrn_gpu=cfg.lrn_gpu,
+        activation=cfg.activation,
+        norm=cfg.normalisation,
+        width=cfg.width,
     )
     return model.place(cfg.devices)
 
