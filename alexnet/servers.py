@@ -11,7 +11,7 @@ alembic migrations and version table, which is why they take a database each.
 
 MLflow serves its artifacts (`--artifacts-destination`, <state>/mlartifacts by default, or an
 s3:// URI), so clients need only the tracking URI. `--auth-config FILE` starts MLflow's
-basic-auth app with that ini file (docs/team.md). Both servers bind 127.0.0.1 unless --host says
+basic-auth app with that ini file (README, Team setup). Both servers bind 127.0.0.1 unless --host says
 otherwise. The state folder holds each server's log, its pid and process start time (so stop
 never signals a recycled pid) and state.json; stop removes the pid files and state.json and
 keeps the logs.
