@@ -21,6 +21,7 @@ from alexnet.ensemble import (
     start_ensemble_tracking,
     train_logged_member,
 )
+from flows import retry_unless_hopeless
 from flows.waves import run_in_waves
 
 
@@ -39,7 +40,8 @@ def train_ensemble(params: Params, paths: TrainPaths, on_epoch: MemberHook | Non
     """
     logger = get_run_logger()
     run = start_ensemble_tracking(params, paths)
-    task_fn = train_member_task.with_options(retries=params.ensemble.retries, retry_delay_seconds=1)
+    task_fn = train_member_task.with_options(retries=params.ensemble.retries, retry_delay_seconds=1,
+                                            retry_condition_fn=retry_unless_hopeless)  # not for a full disk
     # Threads (the default task runner) suffice: the heavy work is in torch kernels, which release the GIL.
     calls = [(i, params, paths, run, on_epoch) for i in range(params.ensemble.members)]
     results = run_in_waves(task_fn, calls, params.ensemble.concurrency)
