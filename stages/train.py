@@ -40,6 +40,9 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    from alexnet.tracking import check_tracking, resolve_tracking_uri
+
+    check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     from alexnet.ensemble import TrainPaths
     from flows.train_ensemble import train_ensemble
 
