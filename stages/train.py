@@ -44,6 +44,9 @@ def work(params: Params, args: argparse.Namespace) -> None:
 
     check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     from alexnet.ensemble import TrainPaths
+    from flows.server import own_api_server
+
+    own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
     from flows.train_ensemble import train_ensemble
 
     train_ensemble(params, TrainPaths(
