@@ -3,7 +3,6 @@
 Mounting a tmpfs needs root (CAP_SYS_ADMIN); without it these tests skip and say so.
 """
 
-import logging
 import subprocess
 from pathlib import Path
 
@@ -65,7 +64,9 @@ def test_preprocess_stage_on_a_full_disk_ends_in_one_line_naming_the_file(data, 
 
 
 @pytest.mark.slow
-def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp_path, caplog):
+def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.testing.utilities import prefect_test_harness
 
     from alexnet.ensemble import TrainPaths
@@ -77,8 +78,12 @@ def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp
     paths = TrainPaths(root=tmp_path, prepared=data / "prepared", shards=data / "shards", models=tmp_path / "models",
                        history=tmp_path / "history", checkpoints=small_disk / "ckpt",
                        tracking_state=tmp_path / "models" / "tracking.json")
-    with prefect_test_harness(server_startup_timeout=180), caplog.at_level(logging.INFO, logger="alexnet"):
-        with pytest.raises(DiskFullError, match=str(small_disk / "ckpt")):
-            train_ensemble(parse_params(raw), paths)
-    attempts = [r for r in caplog.records if r.name == "alexnet.member" and ", checkpoint " in r.getMessage()]
-    assert len(attempts) == 1  # with retries: 2, a retried full disk would train three times
+    with prefect_test_harness(server_startup_timeout=180):
+        state = train_ensemble(parse_params(raw), paths, return_state=True)
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    err = state.result(raise_on_failure=False)
+    assert isinstance(err, DiskFullError) and str(err).startswith(f"{small_disk / 'ckpt'}/member-0-")
+    # With retries: 2, a retried full disk would have run the member's task three times.
+    assert [(r.name, r.run_count) for r in runs] == [("train-member-0", 1)]
