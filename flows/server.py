@@ -41,9 +41,10 @@ def _free_port() -> int:
 
 def _die_with(parent: int):
     """A preexec_fn: the child gets SIGTERM when `parent` dies (and exits if it already has)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
     def set_parent_death_signal() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             os._exit(127)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
