@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,6 +10,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# No space (ENOSPC) or over quota (EDQUOT): the same fix, free space, and retrying cannot help.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file. Retrying it cannot succeed.
+
+    Built as OSError(errno, strerror, filename), so it pickles across worker processes.
+    """
+
+    def __str__(self) -> str:
+        return (f"{self.filename}: disk full ({self.strerror}); free space on that filesystem "
+                f"(or point the output elsewhere) and rerun")
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `err`, if any (torch.save wraps it in an 'enforce fail')."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _FULL:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 @contextmanager
@@ -36,8 +63,11 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
         if durable:
             _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        full = None if isinstance(err, DiskFullError) else disk_full_cause(err)
+        if full is not None:
+            raise DiskFullError(full.errno, os.strerror(full.errno), str(path)) from err
         raise
 
 

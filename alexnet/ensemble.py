@@ -12,7 +12,6 @@ A flow (flows/) is the task boundaries, retries and concurrency over these calls
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from typing import Any
 
 import torch
 
-from alexnet.atomic import atomic_write_json
 from alexnet.config import DataParams, Params, TrainParams, flatten
 from alexnet.evaluate import evaluate_ensemble, headline_view, read_class_names
 from alexnet.layout import (
@@ -41,6 +39,7 @@ from alexnet.provenance import dvc_lock_version, git_commit
 from alexnet.registry import example_batch, log_ensemble, log_model, register
 from alexnet.shards import ShardSet, data_version
 from alexnet.tracking import Tracker, check_tracking, local_artifact_root, provenance_tags, resolve_tracking_uri
+from alexnet.tracking_sync import read_tracking_state, write_tracking_state
 
 # Called after each epoch of a member, with the member's index and the epoch's row (train.fit's),
 # once its checkpoint is written: what it raises fails that attempt (the retry resumes there).
@@ -84,6 +83,7 @@ class EnsembleRun:
     parent: str
     tags: Mapping[str, str]  # the provenance every run of the ensemble carries
     dataset: Mapping[str, str]  # the shards as the runs' dataset input: name, digest, source, dvc_data_version
+    root: Path | None = None  # the project: tracking.json names a store inside it relative to it
 
 
 def replicas(train: TrainParams) -> int:
@@ -171,7 +171,8 @@ def start_ensemble_tracking(params: Params, paths: TrainPaths) -> EnsembleRun:
     parent = tracker.start_parent(f"ensemble-{members}", params=flatten(params),
                                   tags={**tags, "dvc_data_version": dvc_version, "members": str(members)})
     run = EnsembleRun(tracker, parent, tags, {"name": dataset_name(params.data), "digest": version,
-                                              "source": str(paths.shards.resolve()), "dvc_data_version": dvc_version})
+                                              "source": str(paths.shards.resolve()), "dvc_data_version": dvc_version},
+                      paths.root)
     _log_shards(run, parent)
     return run
 
@@ -203,20 +204,20 @@ def train_logged_member(index: int, params: Params, paths: TrainPaths, run: Ense
                               models_dir=paths.models, history_dir=paths.history,
                               checkpoints_dir=paths.checkpoints, on_epoch=after_epoch)
     except BaseException:
-        tracker.end(run_id, status="FAILED")
+        tracker.best_effort("closing the run as FAILED", run_id, tracker.end, run_id, "FAILED")
         raise
-    tracker.log_artifacts(run_id, [Path(result["history"]), Path(result["model"]).parent / SUMMARY_FILE])
-    tracker.end(run_id)
+    # The member's files are complete: a store failing now warns and `sync` catches up later.
+    files = [Path(result["history"]), Path(result["model"]).parent / SUMMARY_FILE]
+    if tracker.best_effort("logging the member's files", run_id, tracker.log_artifacts, run_id, files):
+        tracker.best_effort("closing the run", run_id, tracker.end, run_id)
     return {**result, "run_id": run_id}
 
 
 def finish_ensemble_tracking(run: EnsembleRun, results: Sequence[Mapping[str, Any]], tracking_state: Path) -> None:
     """Close the parent run; write the run ids that the evaluate stage logs its figures into."""
-    run.tracker.end(run.parent)
-    atomic_write_json(tracking_state, {
-        "uri": run.tracker.uri, "experiment": run.tracker.experiment, "parent_run": run.parent,
-        "member_runs": {r["name"]: r["run_id"] for r in results},
-    })
+    run.tracker.best_effort("closing the parent run", run.parent, run.tracker.end, run.parent)
+    write_tracking_state(tracking_state, uri=run.tracker.uri, experiment=run.tracker.experiment, parent=run.parent,
+                         member_runs={r["name"]: r["run_id"] for r in results}, root=run.root)
 
 
 def member_models(params: Params, models: Path) -> dict[str, Path]:
@@ -237,7 +238,7 @@ def log_evaluation(metrics: Mapping[str, Any], params: Params, paths: EvalPaths)
     The registered ensemble takes the view its headline figure was measured on, and '@champion'
     moves to it if that figure beats the holder's.
     """
-    state = json.loads(paths.tracking_state.read_text())
+    state = read_tracking_state(paths.tracking_state)  # the store of the project it lies in now
     tracker, parent = Tracker(state["uri"], state["experiment"]), state["parent_run"]
     tracker.log_metrics(parent, {k: v for k, v in metrics.items() if k != "members"})
     reports = [paths.metrics, *(paths.reports / name for name in REPORT_FILES)]

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from alexnet import loader as loaders
-from alexnet.atomic import atomic_path, atomic_write_json, atomic_write_text
-from alexnet.checkpoint import load_checkpoint
+from alexnet.atomic import atomic_write_json, atomic_write_text
+from alexnet.checkpoint import load_checkpoint, save_weights
 from alexnet.config import Params, flatten
 from alexnet.evaluate import predictions_file, save_probs
 from alexnet.heap import keep_freed_memory
@@ -140,8 +140,7 @@ def train_member(
 def export_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Weights (CPU tensors, placement-free) plus what is needed to rebuild the network."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"model": state, "meta": meta}, tmp)
+    save_weights(path, {"model": state, "meta": meta})  # with its sha256 beside it: loads verify it
 
 
 def load_member(path: Path, params: Params, devices: tuple[str, ...] | None = None) -> torch.nn.Module:

@@ -1,20 +1,23 @@
 """MLflow runs and metrics: one parent run per ensemble, one nested run per member.
 
-Where runs go (`resolve_tracking_uri`): params' tracking.uri, else $MLFLOW_TRACKING_URI, else
-`sqlite:///<project root>/mlflow.db`. Relative sqlite/file paths are resolved against the project
-root, never the cwd. For a local store the experiment is created with its artifacts under
-`<project root>/mlartifacts/<experiment>` (`local_artifact_root`), so nothing lands in a stray
-./mlruns; an http(s) server keeps its own artifact store.
+Where runs go and the fail-fast check are in tracking_store.py (re-exported here). For a local
+store the experiment is created with its artifacts under `<project root>/mlartifacts/<experiment>`
+(`local_artifact_root`), so nothing lands in a stray ./mlruns; an http(s) server keeps its own.
 
 Failure policy (the DVC outputs are the record; MLflow is a view of them):
-- Before training, `check_tracking(uri)` fails fast with a message naming the URI and the fix.
+- Before training, `check_tracking(uri)` fails fast with a message naming the store and the fix
+  (a dead server, an unwritable folder, a SQLite database another process holds locked).
 - During training, `Tracker.log_epoch` is best-effort: the first failure logs ONE warning and
   stops per-epoch logging for that run (each call to a dead server would stall on MLflow's HTTP
-  retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES/TIMEOUT). Training goes on; the per-epoch history
-  stays in the member's checkpoint (`train.fit` history) and the final metrics in metrics.json,
-  so they can be re-logged later with `Tracker.log_history` and `Tracker.log_metrics`.
-- Everything else (params, final metrics, models, registry) raises: a run that claims to be
-  tracked must not be silently incomplete.
+  retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES/TIMEOUT). Training goes on.
+- At the end of a member, whose files are then complete, logging its files and closing its run
+  are best-effort too (`Tracker.best_effort`): a store that fails there warns, never fails the member.
+- `python -m alexnet.tracking sync` (tracking_sync.py) re-logs histories and metrics from the
+  reports once the store is back, without duplicating a step, and closes runs left RUNNING.
+- Params, evaluation metrics, models and the registry raise: a run that claims to be tracked
+  must not be silently incomplete.
+- A parent run carries its stage's owner (host, pid, start time); the next parent opened in the
+  same experiment ends, as KILLED, every parent whose owner died on this host without closing it.
 
 Every call names its run id (MlflowClient, no fluent active run), so members trained in threads
 or processes log safely; a `Tracker` pickles as (uri, experiment, artifact_root). What the UI
@@ -28,117 +31,36 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from alexnet.config import flatten_mapping
-from alexnet.layout import ARTIFACTS_DIR
+from alexnet.tracking_store import (  # noqa: F401 - where runs go, re-exported for the stages and tests
+    DB_NAME,
+    ENV_URI,
+    PROBE_TIMEOUT_S,
+    TrackingUnavailable,
+    _is_local,
+    check_tracking,
+    local_artifact_root,
+    portable_uri,
+    resolve_tracking_uri,
+    uri_in_project,
+)
 
 log = logging.getLogger(__name__)
 
-ENV_URI = "MLFLOW_TRACKING_URI"
-DB_NAME = "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's tag of a nested run
 # The experiment's kind picks the UI's view; without it MLflow 3's UI infers one, and may open GenAI's.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TRAINING_CONTEXT = "training"  # mlflow.data.context of the shards a run trained on
 EPOCH_METRICS = ("train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr", "images_per_s")
-PROBE_TIMEOUT_S = 3.0
 
 # Per-request chatter (table creation, alembic migrations) that says nothing about our runs.
 NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be used; the message names the URI and how to fix it."""
-
-
-def resolve_tracking_uri(param_uri: str | None, project_root: Path) -> str:
-    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db (absolute).
-
-    The param wins over the environment: params.yaml is the record of a run, so a value written
-    there must not be overridden by a shell variable left over from another session.
-    """
-    root = Path(project_root).resolve()
-    uri = param_uri or os.environ.get(ENV_URI) or f"sqlite:///{DB_NAME}"
-    return _absolute(uri, root)
-
-
-def _absolute(uri: str, root: Path) -> str:
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")  # "sqlite:////abs" leaves "/abs"
-        if path and not path.startswith("/") and path != ":memory:":
-            return f"sqlite:///{root / path}"
-        return uri
-    scheme = urlparse(uri).scheme
-    if scheme == "file":
-        path = Path(urlparse(uri).path)
-        return (path if path.is_absolute() else root / path).as_uri()
-    if scheme == "" and not Path(uri).is_absolute():
-        return str(root / uri)
-    return uri
-
-
-def local_artifact_root(uri: str, project_root: Path) -> Path | None:
-    """<root>/mlartifacts for a local store (sqlite, file); None for a server, which has its own."""
-    if _is_local(uri):
-        return Path(project_root).resolve() / ARTIFACTS_DIR
-    return None
-
-
-def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("sqlite", "file", "")
-
-
-def check_tracking(uri: str) -> None:
-    """Fail fast, before any training, if runs cannot be logged to `uri`.
-
-    http(s): probes the server's /health with a short timeout. sqlite/file: the database's folder
-    (or the store folder) must be creatable and writable. Other schemes are not checked.
-    """
-    scheme = urlparse(uri).scheme
-    fix_server = (f"start the server (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db "
-                  f"--port {urlparse(uri).port or 5000}`), or unset {ENV_URI} and tracking.uri in params.yaml "
-                  f"to log to the project's sqlite:///{DB_NAME}")
-    if scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S) as response:
-                status = response.status
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingUnavailable(
-                f"MLflow tracking server {uri} is not reachable ({reason}); {fix_server}") from None
-        if status != 200:
-            raise TrackingUnavailable(f"MLflow tracking server {uri} answered {health} with HTTP {status}; "
-                                      f"{fix_server}")
-        return
-    if scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///")
-        if path in ("", ":memory:"):
-            return
-        _check_writable(Path(path).parent, uri, "database folder")
-        if Path(path).exists() and not os.access(path, os.W_OK):
-            raise TrackingUnavailable(f"tracking database {path} ({uri}) is not writable")
-        return
-    if scheme in ("file", ""):
-        _check_writable(Path(urlparse(uri).path if scheme else uri), uri, "store folder")
-
-
-def _check_writable(folder: Path, uri: str, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TrackingUnavailable(f"cannot create the tracking {what} {folder} for {uri}: {err}") from None
-    if not os.access(folder, os.W_OK):
-        raise TrackingUnavailable(f"the tracking {what} {folder} for {uri} is not writable")
 
 
 def provenance_tags(*, source: str, git_commit: str, data_version: str | None, dataset: str,
@@ -161,6 +83,12 @@ def flatten_metrics(nested: Mapping[str, Any]) -> dict[str, float]:
     """{"ensemble": {"center": {"top1_err": 0.3}}} -> {"ensemble.center.top1_err": 0.3}; numbers only."""
     return {name: float(value) for name, value in flatten_mapping(nested).items()
             if isinstance(value, int | float) and not isinstance(value, bool)}
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error (MLflow's database errors go on with the SQL statement)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -200,6 +128,9 @@ class Tracker:
 
             for name in NOISY_LOGGERS:
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # Its ERROR is a full traceback of an exception its caller gets anyway (and here either
+            # raises or turns into one warning line), e.g. for every call to a locked database.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -239,8 +170,11 @@ class Tracker:
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """A parent run for one ensemble: every param (flattened, as strings) and the tags; its id."""
+        from alexnet.tracking_sync import OWNER_TAG, end_orphaned_parents, owner
+
+        end_orphaned_parents(self)  # parents of killed stages: never left RUNNING
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={"role": "ensemble", **tags})
+                                     tags={"role": "ensemble", OWNER_TAG: owner(), **tags})
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -274,6 +208,21 @@ class Tracker:
         """Close a run: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
 
+    def best_effort(self, what: str, run_id: str, call, *args: Any) -> bool:
+        """call(*args) for work whose result is already on disk: a failure warns, never raises.
+
+        For the end of a member (its files are written) and closing runs; `python -m
+        alexnet.tracking sync` re-logs what was missed once the store is back.
+        """
+        try:
+            call(*args)
+            return True
+        except Exception as err:  # noqa: BLE001 - the store's failure must not fail finished work
+            log.warning("MLflow: %s for run %s at %s failed (%s: %s); the files on disk are complete, "
+                        "re-log with `python -m alexnet.tracking sync` once the store is back",
+                        what, run_id, self.uri, type(err).__name__, one_line(err))
+            return False
+
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -298,9 +247,9 @@ class Tracker:
             self._epoch_logging_failed.add(run_id)
             log.warning(
                 "MLflow per-epoch logging to %s failed for run %s at step %d (%s: %s); training goes on, "
-                "per-epoch logging for this run is off. The history is kept in the checkpoint: re-log it "
-                "with Tracker.log_history when the tracking server is back.",
-                self.uri, run_id, step, type(err).__name__, err,
+                "per-epoch logging for this run is off. The history is kept in the checkpoint and the "
+                "reports: re-log it with `python -m alexnet.tracking sync` (Tracker.log_history) once it is back.",
+                self.uri, run_id, step, type(err).__name__, one_line(err),
             )
 
     def log_history(self, run_id: str, history: Sequence[Mapping[str, float]]) -> None:
@@ -350,3 +299,11 @@ class Tracker:
         input_tags = [InputTag("mlflow.data.context", context),
                       *(InputTag(k, v) for k, v in sorted((tags or {}).items()))]
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, input_tags)])
+
+
+if __name__ == "__main__":  # python -m alexnet.tracking sync ...
+    import sys
+
+    from alexnet.tracking_sync import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from alexnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexnet.checkpoint import load_resumable, rng_state, save_checkpoint, set_rng_state
 from alexnet.config import TrainParams
 from alexnet.metrics import mean_softmax, topk_errs, within_topk
 from alexnet.model import autocast
@@ -213,8 +213,8 @@ def fit(
     schedule = PlateauSchedule.of(train)
     history: list[dict[str, float]] = []
     start_epoch, finished = 0, False
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+    state = load_resumable(checkpoint_path, name)  # verified; a damaged one is set aside, saying so
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

@@ -14,3 +14,11 @@ import logging  # noqa: E402
 
 # INFO from the library (epoch summaries, resumes) belongs in flow run logs; root stays at WARNING.
 logging.getLogger("alexnet").setLevel(logging.INFO)
+
+
+def retry_unless_hopeless(task, task_run, state) -> bool:
+    """A task's retry_condition_fn: no retry for what a retry cannot fix (a full disk)."""
+    from alexnet.atomic import disk_full_cause
+
+    err = getattr(state, "data", None)  # the exception, for a task run that raised
+    return not (isinstance(err, BaseException) and disk_full_cause(err) is not None)

@@ -31,7 +31,7 @@ from alexnet.ensemble import (
     start_ensemble_tracking,
     train_logged_member,
 )
-from flows import runners
+from flows import retry_unless_hopeless, runners
 from flows.waves import run_in_waves
 
 
@@ -49,7 +49,8 @@ def train_ensemble_flow(params: Params, paths: TrainPaths, on_epoch: MemberHook 
     """The flow `train_ensemble` runs, on the task runner ensemble.runner names."""
     logger = get_run_logger()
     run = start_ensemble_tracking(params, paths)
-    task_fn = train_member_task.with_options(retries=params.ensemble.retries, retry_delay_seconds=1)
+    task_fn = train_member_task.with_options(retries=params.ensemble.retries, retry_delay_seconds=1,
+                                            retry_condition_fn=retry_unless_hopeless)  # not for a full disk
     if params.ensemble.runner == "ray":
         calls = [(i, params, paths, run, on_epoch) for i in range(params.ensemble.members)]
         with runners.member_options(ray_resources(params)):

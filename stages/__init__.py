@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from alexnet.atomic import DiskFullError, disk_full_cause
 from alexnet.config import Params, ParamsError, load_params
 
 Flags = Sequence[tuple[str, str]]  # (flag, help): the stage's required path arguments
@@ -31,8 +32,9 @@ def run_stage(name: str, doc: str, flags: Flags, work: Work, argv: Sequence[str]
     """Parse the stage's arguments, load the params, run `work(params, args)` with the library's INFO logs.
 
     Bad params fail here, before the stage imports anything heavy (or starts Prefect's server).
-    A bad input ends in one line and exit code 2: bad params, missing files, ValueError and the
-    stage's own `expected` error types; anything else is a bug and keeps its traceback.
+    A bad input ends in one line and exit code 2: bad params, missing files, ValueError (damaged
+    weights among them), a full disk (naming the file) and the stage's own `expected` error types;
+    anything else is a bug and keeps its traceback.
     """
     args = parse_args(doc, flags, argv)
     # INFO for the library's own lines only: at the root it would print every HTTP request that
@@ -41,7 +43,14 @@ def run_stage(name: str, doc: str, flags: Flags, work: Work, argv: Sequence[str]
     logging.getLogger("alexnet").setLevel(logging.INFO)
     try:
         work(load_params(args.params), args)
-    except (ParamsError, FileNotFoundError, ValueError, *expected) as err:
+    except (ParamsError, FileNotFoundError, ValueError, DiskFullError, *expected) as err:
         print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk that no atomic write saw (a library writing on its own)
+        full = disk_full_cause(err)
+        if full is None:
+            raise
+        print(f"{name}: {full.filename or 'a write'}: disk full ({full.strerror}); free space and rerun",
+              file=sys.stderr)
         return 2
     return 0

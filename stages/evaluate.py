@@ -40,7 +40,14 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
-    from alexnet.ensemble import EvalPaths
+    from alexnet.checkpoint import verify_file
+    from alexnet.ensemble import EvalPaths, member_models
+
+    for model in member_models(params, Path(args.models)).values():
+        verify_file(model)  # damaged weights are refused by name here, not inside a task
+    from flows.server import own_api_server
+
+    own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
     from flows.evaluate_ensemble import evaluate_ensemble
 
     evaluate_ensemble(params, EvalPaths(

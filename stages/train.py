@@ -40,7 +40,13 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    from alexnet.tracking import check_tracking, resolve_tracking_uri
+
+    check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     from alexnet.ensemble import TrainPaths
+    from flows.server import own_api_server
+
+    own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
     from flows.train_ensemble import train_ensemble
 
     train_ensemble(params, TrainPaths(

@@ -75,8 +75,8 @@ def test_train_evaluate_register_without_prefect(tmp_path):
     assert result["run_id"] == member_run.info.run_id and result["epochs"] == 2
     assert [m.step for m in client.get_metric_history(result["run_id"], "val_top1_err")] == [1, 2]
     finish_ensemble_tracking(run, [result], paths.tracking_state)
-    assert json.loads(paths.tracking_state.read_text()) == {
-        "uri": run.tracker.uri, "experiment": "no-prefect", "parent_run": run.parent,
+    assert json.loads(paths.tracking_state.read_text()) == {  # the store relative to the project
+        "uri": "sqlite:///mlflow.db", "project_root": ".", "experiment": "no-prefect", "parent_run": run.parent,
         "member_runs": {"member-0": result["run_id"]}}
 
     evals = EvalPaths(prepared=paths.prepared, shards=paths.shards, models=paths.models, reports=root / "reports",

@@ -17,6 +17,7 @@ from alexnet.ensemble import EvalPaths, TrainPaths
 from alexnet.evaluate import load_probs
 from alexnet.metrics import topk_errs
 from alexnet.shards import ShardSet, data_version
+from alexnet.tracking_sync import read_tracking_state
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def data_dirs(tmp_path_factory):
 
 
 def test_mlflow_holds_a_parent_run_with_nested_member_runs(project):
-    state = json.loads((project["root"] / "models" / "tracking.json").read_text())
+    state = read_tracking_state(project["root"] / "models" / "tracking.json")
     client = MlflowClient(state["uri"])
     parent = client.get_run(state["parent_run"])
     assert parent.data.params["train.epochs"] == "2"
@@ -96,7 +97,7 @@ def test_mlflow_holds_a_parent_run_with_nested_member_runs(project):
 
 
 def test_every_run_names_the_shards_it_trained_on(project):
-    state = json.loads((project["root"] / "models" / "tracking.json").read_text())
+    state = read_tracking_state(project["root"] / "models" / "tracking.json")
     client = MlflowClient(state["uri"])
     for run_id in [state["parent_run"], *state["member_runs"].values()]:
         # one input each, also for member-1, whose retry logged it a second time
@@ -151,7 +152,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(project):
 
 
 def test_the_ensemble_is_registered_with_the_champion_alias(project):
-    state = json.loads((project["root"] / "models" / "tracking.json").read_text())
+    state = read_tracking_state(project["root"] / "models" / "tracking.json")
     client = MlflowClient(state["uri"])
     version = client.get_model_version_by_alias("alexnet-ensemble", "champion")
     assert float(version.tags["metric_value"]) == pytest.approx(project["metrics"]["ten_crop"]["top1_err"])

@@ -1,0 +1,101 @@
+"""A temporary Prefect API server that the stage owns, so that it dies with the stage.
+
+Without PREFECT_API_URL a flow starts Prefect's own temporary server (SubprocessASGIServer in
+prefect/server/api/server.py): a `python -m uvicorn` child that is stopped by an atexit hook, so
+it outlives a stage that is killed (SIGKILL, the OOM killer) and stays, reparented to init, forever.
+`own_api_server` starts the same server the same way, but with a parent-death signal set in the
+child (Linux prctl PR_SET_PDEATHSIG): the kernel sends it SIGTERM the moment the stage dies,
+however it dies. It then points PREFECT_API_URL at it, so Prefect never starts its own.
+
+Call it before anything imports prefect (Prefect reads its settings once, on import). A
+PREFECT_API_URL already set (a team's server, the tests' harness) is used as it is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STARTUP_TIMEOUT_S = 180.0  # as flows/__init__.py gives Prefect's own: the start shares a busy machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with(parent: int):
+    """A preexec_fn: the child gets SIGTERM when `parent` dies (and exits if it already has)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def set_parent_death_signal() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(127)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return set_parent_death_signal
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def own_api_server(timeout: float = STARTUP_TIMEOUT_S) -> str | None:
+    """Start the stage's own Prefect API server and set PREFECT_API_URL to it; its URL, or None if
+    one is configured already (or this is not Linux, or prefect is imported already: Prefect's own then)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    if not sys.platform.startswith("linux") or "prefect" in sys.modules:
+        log.warning("Prefect's temporary server is not owned by this stage (%s): a killed stage may leave it "
+                    "running", "not Linux" if not sys.platform.startswith("linux") else "prefect already imported")
+        return None
+    spec = importlib.util.find_spec("prefect")
+    app_dir = Path(spec.origin).parent.parent  # as SubprocessASGIServer passes prefect.__module_path__.parent
+    port = _free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - before any thread of ours starts
+    )
+    atexit.register(_stop, proc)  # a normal exit stops it at once; a kill leaves it to the kernel's signal
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the stage's Prefect API server on port {port} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise RuntimeError(f"the stage's Prefect API server did not answer {url}/health within {timeout:.0f} s")
+        time.sleep(0.2)
+    os.environ["PREFECT_API_URL"] = url
+    log.info("Prefect API server of this stage: %s (pid %d, ends with the stage)", url, proc.pid)
+    return url
