@@ -141,9 +141,13 @@ def process_group(devices: Sequence[str], replicas: int, timeout_s: int) -> Iter
         raise ValueError(f"rank {ranks.rank} of {ranks.world_size} could not reach the rendezvous at {endpoint} "
                          f"(torchrun's --rdzv-endpoint, MASTER_ADDR:MASTER_PORT) within "
                          f"train.rendezvous_timeout={timeout_s} s")
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        store, _, _ = next(dist.rendezvous("env://", ranks.rank, ranks.world_size, timeout=timeout))
+        # torchrun's agent keeps its store across restarts: without a prefix per attempt a restarted
+        # rank can read a dead rank's address from the attempt before and fail to connect.
+        store = dist.PrefixStore(f"alexnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size, timeout=timeout)
     except (RuntimeError, dist.DistError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"rank {ranks.rank} of {ranks.world_size} could not join the others at {endpoint} "

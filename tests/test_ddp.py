@@ -61,7 +61,7 @@ with process_group(params.model.devices, params.train.replicas, params.train.ren
 
 
 def _raw(**train):
-    raw = tiny_params(epochs=EPOCHS, **train)
+    raw = tiny_params(**{"epochs": EPOCHS, **train})
     raw["model"] = {**raw["model"], "dropout": 0.0, "devices": ["cpu", "cpu"]}
     return raw
 
@@ -76,7 +76,9 @@ def _torchrun(tmp: Path, data: Path, out: Path, raw: dict, *, restarts: int = 0,
     script.write_text(_RANK_SCRIPT)
     cmd = torchrun_command(2, restarts, "x", [])[:-2] + [str(script), str(params_file), str(data), str(out),
                                                          str(kill_after)]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    (tmp / f"{out.name}.log").write_text(done.stdout + done.stderr)
+    return done
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
