@@ -231,3 +231,11 @@ def test_the_stage_launches_torchrun_with_an_argument_list():
     cmd = torchrun_command(2, 1, "stages.train", ["--params", "p y.yaml"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                        "--max-restarts", "1", "-m", "stages.train", "--params", "p y.yaml"]
+
+
+def test_bf16_compression_halves_the_bytes_each_rank_all_reduces():
+    from alexnet.distributed import grad_bytes_per_step
+
+    layer = torch.nn.Linear(10, 3)  # 33 parameters
+    assert grad_bytes_per_step(layer, "none") == 4 * 33
+    assert grad_bytes_per_step(layer, "bf16") == 2 * 33
