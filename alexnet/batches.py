@@ -34,7 +34,7 @@ from alexnet.config import AugmentParams
 # One batch's key: (epoch, batch index, the indices of its images in the split, ascending).
 BatchKey = tuple[int, int, np.ndarray]
 
-_PERMUTATION, _AUGMENTATION = 0, 1  # separate random streams, see seed_sequence
+_PERMUTATION, _AUGMENTATION, _DROPOUT = 0, 1, 2  # separate random streams, see seed_sequence
 
 
 def seed_sequence(seed: int, *key: int) -> np.random.SeedSequence:
@@ -53,6 +53,15 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     """The generator for one training batch's augmentation, a pure function of its key."""
     state = seed_sequence(seed, _AUGMENTATION, epoch, batch).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def rank_dropout_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """torch's seed for DDP rank `rank`'s dropout in batch (epoch, batch): each rank drops its own units.
+
+    Only a run of several ranks reseeds (alexnet/train.py): one process keeps drawing dropout from
+    the stream torch.manual_seed(member seed) started, as it always has.
+    """
+    return int(seed_sequence(seed, _DROPOUT, epoch, batch, rank).generate_state(1, np.uint64)[0])
 
 
 def train_batch_count(num_images: int, batch_size: int) -> int:
@@ -86,8 +95,11 @@ class TrainInputs:
     """
 
     def __init__(self, seed: int, stats: tuple[torch.Tensor, ...], divisor: Any, crop_size: int,
-                 augment: AugmentParams) -> None:  # fmt: skip
+                 augment: AugmentParams, part: tuple[int, int] = (0, 1)) -> None:  # fmt: skip
         self.seed, self.divisor, self.crop_size, self.augment = seed, divisor, crop_size, augment
+        # (rank, world size): `cut` gets the rank's contiguous slice of each batch and draws for the
+        # whole batch, keeping its slice of the draws, so every image is augmented as in one process.
+        self.part = part
         self.mean, self.eigenvalues, self.eigenvectors = stats
 
     def crops_shape(self, batch_size: int) -> tuple[int, ...]:
@@ -97,8 +109,13 @@ class TrainInputs:
             out: torch.Tensor | None) -> tuple[torch.Tensor, tuple[np.ndarray | None, ...]]:  # fmt: skip
         """uint8 images (B, S, S, 3) of batch (epoch, batch) -> uint8 crops and the draws as numpy."""
         generator = batch_generator(self.seed, epoch, batch)
-        draws = draw_train(images.shape[0], images.shape[1], self.eigenvalues, self.eigenvectors,
+        rank, world = self.part
+        draws = draw_train(images.shape[0] * world, images.shape[1], self.eigenvalues, self.eigenvectors,
                            crop_size=self.crop_size, generator=generator, augment=self.augment)  # fmt: skip
+        if world > 1:
+            mine = slice(rank * images.shape[0], (rank + 1) * images.shape[0])
+            draws = TrainDraws(*(None if t is None else t[mine] for t in (draws.ys, draws.xs, draws.flips,
+                                                                           draws.shift)))
         crops = crop_flip(images, draws.ys, draws.xs, draws.flips, self.crop_size, out=out)
         return crops, tuple(None if t is None else t.numpy() for t in (draws.ys, draws.xs, draws.flips, draws.shift))
 

@@ -218,6 +218,14 @@ class TrainParams(_Section):
     # paper model's CPU training step 1.2x faster at batch 128; the process keeps its peak memory.
     keep_freed_memory: bool = True
     augment: AugmentParams = AugmentParams()
+    # Data parallelism inside one member (alexnet/distributed.py): DDP ranks on this machine
+    # (torchrun's --nproc-per-node). The global batch stays batch_size; each rank takes a slice.
+    replicas: int = Field(1, ge=1)
+    # bf16: gradients rounded to bf16 for the all-reduce (DDP's bf16_compress_hook): half the bytes,
+    # different numbers. Only used when the world size is above 1.
+    grad_compression: Literal["none", "bf16"] = "none"
+    max_restarts: int = Field(0, ge=0)  # torchrun --max-restarts when the stage launches it
+    rendezvous_timeout: int = Field(300, ge=1)  # seconds a rank waits for the others to join
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -288,6 +296,9 @@ def _check_across_sections(params: Params, source: str) -> None:
     if params.data.source == "synthetic" and params.train.batch_size > train_images:
         problems.append(f"train.batch_size: {params.train.batch_size} is larger than the {train_images} train "
                         "images of data.synthetic (classes x train_per_class); training drops incomplete batches")
+    if params.train.batch_size % params.train.replicas:
+        problems.append(f"train.batch_size: {params.train.batch_size} is not divisible by train.replicas="
+                        f"{params.train.replicas}; every rank takes an equal slice of each batch")
     ensemble = params.ensemble
     if ensemble.runner == "ray" and ensemble.devices is not None:
         problems.append("ensemble.devices: not used with ensemble.runner=ray (Ray picks each member's GPUs); "

@@ -188,14 +188,20 @@ class TrainLoader(_Loader):
         prefetch: int = 4,
         pin_memory: bool = False,
         finish_on: str | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rank, world = part
+        if batch_size % world:
+            raise ValueError(f"train.batch_size: {batch_size} is not divisible by the {world} DDP ranks "
+                             "(train.replicas x nodes); every rank takes an equal slice of each batch")
         seed_sequence(seed)  # validates the seed here rather than in a worker
         stats = tuple(torch.as_tensor(a, dtype=torch.float32) for a in load_stats(shards_dir))
-        inputs = TrainInputs(seed, stats, _divisor(divisor), crop_size, augment)
-        self.batch_size, self.seed = batch_size, seed
-        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory, batch_size, finish_on)
+        inputs = TrainInputs(seed, stats, _divisor(divisor), crop_size, augment, part)
+        self.batch_size, self.seed, self.part = batch_size, seed, part
+        super().__init__(shards_dir, split, inputs, workers, prefetch, pin_memory, batch_size // world,
+                         finish_on)
         if self.num_images < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the {self.num_images} {split} images")
 
@@ -204,7 +210,12 @@ class TrainLoader(_Loader):
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The batches start_batch .. len(self) - 1 of `epoch` (0-based), in order."""
-        return self._pass(list(train_keys(self.seed, epoch, self.num_images, self.batch_size, start_batch)))
+        keys = train_keys(self.seed, epoch, self.num_images, self.batch_size, start_batch)
+        rank, world = self.part
+        if world > 1:  # rank r: images r*B/R .. (r+1)*B/R - 1 of each batch (DDP, alexnet/distributed.py)
+            share = self.batch_size // world
+            keys = ((e, b, indices[rank * share : (rank + 1) * share]) for e, b, indices in keys)
+        return self._pass(list(keys))
 
 
 class EvalLoader(_Loader):
@@ -223,19 +234,29 @@ class EvalLoader(_Loader):
         prefetch: int = 2,
         pin_memory: bool = False,
         finish_on: str | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         mean = torch.as_tensor(load_stats(shards_dir)[0], dtype=torch.float32)
-        self.batch_size = batch_size
+        self.batch_size, self.part = batch_size, part
         super().__init__(shards_dir, split, EvalInputs(mean, crop_size, ten_crop, _divisor(divisor)), workers,
                          prefetch, pin_memory, batch_size, finish_on)  # fmt: skip
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)  # the last batch may be smaller
 
+    def batch_sizes(self) -> list[int]:
+        """The images in each batch of a pass, all ranks together."""
+        return [len(indices) for _, _, indices in eval_keys(self.num_images, self.batch_size)]
+
     def __iter__(self) -> Iterator[Batch]:
-        return self._pass(list(eval_keys(self.num_images, self.batch_size)))
+        keys = list(eval_keys(self.num_images, self.batch_size))
+        rank, world = self.part
+        if world > 1:  # rank r: its contiguous share of each batch; a share can be empty in a last small batch
+            shares = ((e, b, np.array_split(indices, world)[rank]) for e, b, indices in keys)
+            keys = [key for key in shares if len(key[2])]
+        return self._pass(keys)
 
 
 def _divisor(divisor: float | Sequence[float]) -> float | torch.Tensor:

@@ -20,6 +20,7 @@ from alexnet import loader as loaders
 from alexnet.atomic import atomic_write_json, atomic_write_text
 from alexnet.checkpoint import load_checkpoint, save_weights
 from alexnet.config import Params, flatten
+from alexnet.distributed import current_ranks, replica_placement
 from alexnet.evaluate import predictions_file, save_probs
 from alexnet.heap import keep_freed_memory
 from alexnet.layout import CENTER, CLASSES_FILE, HISTORY_SUFFIX, MODEL_FILE, SUMMARY_FILE, TEN_CROP, member_name
@@ -70,8 +71,11 @@ def run_key(params: Params, index: int, shards_dir: Path) -> str:
     decisive = {
         "model": params.model.model_dump(mode="json"),
         # Neither the loader's processes, where malloc keeps memory nor where batches are finished
-        # (bit-equal either way: tests/test_device_finish.py) changes a result.
-        "train": params.train.model_dump(mode="json", exclude={"workers", "keep_freed_memory", "finish"}),
+        # (bit-equal either way: tests/test_device_finish.py) changes a result. The world size is left
+        # out on purpose: fit keeps it in the checkpoint and refuses to resume under another, where a
+        # key of its own would silently start a fresh run; restarts and timeouts decide nothing.
+        "train": params.train.model_dump(mode="json", exclude={"workers", "keep_freed_memory", "finish", "replicas",
+                                                               "max_restarts", "rendezvous_timeout"}),
         "seed": member_seed(params.train.seed, index),
         "precision": resolve_precision(params.train.precision, params.model.devices[0]),  # what "auto" became
         "data": data_version(shards_dir),
@@ -96,7 +100,12 @@ def train_member(
 
     `on_epoch(row)` runs after each epoch's checkpoint is written: what it raises ends the
     training there, and the next call resumes after that epoch.
+
+    Inside a DDP process group (alexnet/distributed.py) every rank calls this for the same member:
+    each trains its replica on its slices of the batches, rank 0 alone writes the checkpoint and
+    the outputs, and `on_epoch` runs on every rank.
     """
+    ranks = current_ranks()
     name = member_name(index)
     seed = member_seed(params.train.seed, index)
     key = run_key(params, index, shards_dir)
@@ -106,13 +115,15 @@ def train_member(
         keep_freed_memory()
     classes = num_classes_of(prepared_dir, params)
     torch.manual_seed(seed)  # the initialisation (§5) and dropout draw from torch's generator
-    model = build_model(params.model, classes)
-    device = params.model.devices[0]
+    placement = replica_placement(params.model.devices, ranks)
+    model_params = params.model if ranks.world_size == 1 else params.model.model_copy(update={"devices": placement})
+    model = build_model(model_params, classes)
+    device = placement[0]
     precision = resolve_precision(params.train.precision, device)
     meta = {
         "member": index, "seed": seed, "num_classes": classes, "run_key": key,
         "params": flatten(params), "precision": precision, "data_version": data_version(shards_dir),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(), "world_size": ranks.world_size,
     }
     tr = params.train
     pin = torch.device(device).type == "cuda"  # page-locked batches: the copy to the GPU runs async
@@ -120,20 +131,24 @@ def train_member(
     train_data = loaders.TrainLoader(
         shards_dir, batch_size=tr.batch_size, crop_size=params.model.crop_size, seed=seed, workers=workers,
         augment=tr.augment, divisor=params.model.input_scale, pin_memory=pin, finish_on=finish_on,
+        part=(ranks.rank, ranks.world_size),
     )
     val_data = loaders.EvalLoader(
         shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
         ten_crop=False, workers=workers, divisor=params.model.input_scale, pin_memory=pin, finish_on=finish_on,
+        part=(ranks.rank, ranks.world_size),
     )
-    log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s", name, seed, classes,
-             list(params.model.devices), precision, paths.checkpoint)
-    run = RunSpec(paths.checkpoint, device, precision, meta, name=name, progress=progress)
+    log.info("%s: seed %d, %d classes, devices %s, %s, checkpoint %s%s", name, seed, classes, list(placement),
+             precision, paths.checkpoint, f", rank {ranks.rank} of {ranks.world_size}" if ranks.parallel else "")
+    run = RunSpec(paths.checkpoint, device, precision, meta, name=name, progress=progress and ranks.is_main,
+                  ranks=ranks, seed=seed, placement=placement)
     with train_data, val_data:
         history = fit(model, TrainData(train_data, val_data), tr, run, on_epoch=on_epoch)
     summary = {**meta, "epochs": len(history), "final": history[-1] if history else None}
-    export_model(paths.model, model, meta)
-    write_history(paths.history, history)
-    atomic_write_json(paths.summary, summary)
+    if ranks.is_main:  # the ranks hold the same weights; one writer
+        export_model(paths.model, model, meta)
+        write_history(paths.history, history)
+        atomic_write_json(paths.summary, summary)
     return {"name": name, "model": str(paths.model), "history": str(paths.history), **summary}
 
 

@@ -20,8 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from alexnet import distributed
+from alexnet.batches import rank_dropout_seed
 from alexnet.checkpoint import load_resumable, rng_state, save_checkpoint, set_rng_state
 from alexnet.config import TrainParams
+from alexnet.distributed import SINGLE, Ranks
 from alexnet.metrics import mean_softmax, topk_errs, within_topk
 from alexnet.model import autocast
 from alexnet.optim import PlateauSchedule, make_optimizer, set_lr
@@ -65,6 +68,9 @@ class RunSpec:
     meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     name: str = "train"  # for logs and progress bars
     progress: bool = True
+    ranks: Ranks = SINGLE  # this process's DDP ranks (alexnet/distributed.py); SINGLE: one process
+    seed: int = 0  # the member's seed: several ranks draw dropout from streams of (seed, epoch, batch, rank)
+    placement: tuple[str, ...] = ()  # this rank's replica's devices, kept in the checkpoint beside the world size
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -115,6 +121,8 @@ def train_one_epoch(
     total: int | None = None,
     desc: str = "train",
     progress: bool = True,
+    ranks: Ranks = SINGLE,
+    dropout_seed: Callable[[int], int] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, top-1 error and images/s.
 
@@ -122,6 +130,9 @@ def train_one_epoch(
     as Python floats would do them) and are read back every `_read_every(device)` batches, for the
     progress bar and the check that the loss is finite: a read per batch makes the host wait for
     every step, so a GPU would idle while the next one is queued.
+
+    With several ranks, `batches` are this rank's slices, `model` its DDP wrapper, and the figures
+    returned are over the whole global batches; `dropout_seed(i)` reseeds torch before batch i.
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -130,6 +141,8 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False)
     for i, batch in enumerate(bar, 1):
+        if dropout_seed is not None:
+            torch.manual_seed(dropout_seed(i - 1))  # batch i - 1 of the epoch (0-based)
         images, labels = _to(batch, device)
         with autocast(device, precision):
             logits = model(images)
@@ -149,6 +162,8 @@ def train_one_epoch(
         raise ValueError(f"{desc}: no training batch (fewer images than train.batch_size?)")
     loss_total, err_total = _finite(loss_sum.item(), desc, i), err_sum.item()
     elapsed = time.perf_counter() - start
+    if ranks.parallel:  # each rank's loss is its slice's mean; the epoch's figures are the global batches'
+        loss_total, err_total, seen = distributed.all_sum([loss_total, err_total, seen])
     return {"loss": loss_total / seen, "top1_err": err_total / seen, "images_per_s": seen / elapsed}
 
 
@@ -208,49 +223,88 @@ def fit(
     Returns the per-epoch history.
     """
     checkpoint_path, name, device, precision = Path(run.checkpoint), run.name, run.device, run.precision
-    epochs, progress = train.epochs, run.progress
+    epochs, progress, ranks = train.epochs, run.progress, run.ranks
     optimizer = make_optimizer(model.parameters(), train)
     schedule = PlateauSchedule.of(train)
     history: list[dict[str, float]] = []
     start_epoch, finished = 0, False
+    world = {"size": ranks.world_size, "placement": list(run.placement or (device,))}
     state = load_resumable(checkpoint_path, name)  # verified; a damaged one is set aside, saying so
     if state is not None:
+        check_world(checkpoint_path, state, world)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng_ranks"][ranks.rank] if ranks.parallel else state["rng"])
         history = list(state["history"])
         start_epoch, finished = int(state["epoch"]), bool(state["finished"])
         log.info("%s: resuming from %s after epoch %d%s", name, checkpoint_path, start_epoch,
                  " (already finished)" if finished else "")
     if train.compile:
         model.compile()  # in place: the parameters and state_dict keys stay the module's own
+    # Several ranks: DDP averages the ranks' gradients in backward (its constructor also broadcasts
+    # rank 0's weights, which every rank already holds). One rank: the model itself, as always.
+    net = distributed.wrap(model, train.grad_compression) if ranks.parallel else model
+    traffic = distributed.grad_bytes_per_step(model, train.grad_compression) if ranks.parallel else 0
     for epoch in _epochs(start_epoch, epochs, finished):
         set_lr(optimizer, schedule.lr)
-        stats = train_one_epoch(model, data.train.epoch(epoch), optimizer, device=device, precision=precision,
-                                total=len(data.train), desc=f"{name} epoch {epoch + 1}/{epochs}", progress=progress)
+        dropout = _dropout_seeds(run.seed, epoch, ranks) if ranks.parallel else None
+        stats = train_one_epoch(net, data.train.epoch(epoch), optimizer, device=device, precision=precision,
+                                total=len(data.train), desc=f"{name} epoch {epoch + 1}/{epochs}", progress=progress,
+                                ranks=ranks, dropout_seed=dropout)
         probs, labels = predict(model, iter(data.val), device=device, precision=precision, total=len(data.val),
                                 desc=f"{name} val", progress=progress)
+        if ranks.parallel:  # every rank's share of the val images, back in split order
+            sizes = data.val.batch_sizes()  # type: ignore[attr-defined]
+            probs, labels = (distributed.gather_parts(t, sizes, ranks) for t in (probs, labels))
         val = topk_errs(probs, labels)
         row = {"epoch": epoch + 1, "lr": schedule.lr, "train_loss": stats["loss"],
                "train_top1_err": stats["top1_err"], "val_top1_err": val["top1_err"],
                "val_top5_err": val["top5_err"], "images_per_s": stats["images_per_s"]}
+        if ranks.parallel:
+            row["grad_bytes_per_step"] = traffic
         history.append(row)
         action = schedule.step(val["top1_err"])
         finished = action == "stop" or epoch + 1 == epochs
-        log.info("%s epoch %d: loss %.4f, val top-1 %.4f top-5 %.4f, lr %.2g, %.0f img/s%s", name, epoch + 1,
+        log.info("%s epoch %d: loss %.4f, val top-1 %.4f top-5 %.4f, lr %.2g, %.0f img/s%s%s", name, epoch + 1,
                  row["train_loss"], row["val_top1_err"], row["val_top5_err"], row["lr"], row["images_per_s"],
+                 f", {ranks.world_size} ranks all-reduce {traffic / 1e6:.1f} MB/step ({train.grad_compression})"
+                 if ranks.parallel else "",
                  {"drop": ", lr drops next epoch", "stop": ", last plateau: stopping"}.get(action, ""))
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "rng": rng_state(), "history": history,
-            "epoch": epoch + 1, "finished": finished, "meta": run.meta,
-        })
+        # Every rank's RNG state reaches rank 0 (the gather is also where all ranks have finished the
+        # epoch); rank 0 alone writes; the barrier holds the others until the file is complete.
+        rngs = distributed.gather_objects(rng_state()) if ranks.parallel else None
+        if ranks.is_main:
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "rng": rng_state(), "history": history,
+                "epoch": epoch + 1, "finished": finished, "meta": run.meta, "world": world,
+            }
+            if rngs is not None:
+                state["rng_ranks"] = rngs
+            save_checkpoint(checkpoint_path, state)
+            log.info("%s: rank %d of %d wrote checkpoint %s", name, ranks.rank, ranks.world_size, checkpoint_path)
+        if ranks.parallel:
+            torch.distributed.barrier()
         if on_epoch is not None:
             on_epoch(row)
         if finished:
             break
     return history
+
+
+def check_world(path: Path, state: dict[str, Any], world: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written by another world size: it would continue another computation."""
+    saved = int(state.get("world", {}).get("size", 1))
+    if saved != world["size"]:
+        raise ValueError(
+            f"{path}: written by a DDP job of world size {saved}, this job has world size {world['size']} "
+            f"(train.replicas x nodes); resuming with another world size is refused. Run it again with "
+            f"{saved} rank(s), or delete the checkpoint to start over")
+
+
+def _dropout_seeds(seed: int, epoch: int, ranks: Ranks) -> Callable[[int], int]:
+    return lambda batch: rank_dropout_seed(seed, epoch, batch, ranks.rank)
 
 
 def _epochs(start: int, total: int, finished: bool) -> Iterator[int]:
