@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alexnet import distributed
 from alexnet.config import Params
 from alexnet.preflight import check_before_work
 from alexnet.shards import ShardsError
@@ -25,6 +24,7 @@ from alexnet.tracking import TrackingUnavailable
 from stages import run_stage
 
 if TYPE_CHECKING:
+    from alexnet import distributed
     from alexnet.ensemble import TrainPaths
 
 # dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
@@ -50,6 +50,8 @@ FLAGS = (
 
 
 def work(params: Params, args: argparse.Namespace) -> None:
+    from alexnet import distributed  # torch: imported once the params are known to be good
+
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
     tr = params.train
     if tr.replicas > 1 and not distributed.under_torchrun():
@@ -64,6 +66,7 @@ def work(params: Params, args: argparse.Namespace) -> None:
                   "errors are above", file=sys.stderr)
             raise SystemExit(code)
         return
+    from alexnet import distributed
     from alexnet.ensemble import TrainPaths
     from alexnet.tracking import check_tracking, resolve_tracking_uri
 
@@ -76,7 +79,7 @@ def work(params: Params, args: argparse.Namespace) -> None:
         if not ranks.parallel:
             from flows.server import own_api_server
 
-            own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
+            own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
             from flows.train_ensemble import train_ensemble
 
             train_ensemble(params, paths)
