@@ -51,8 +51,11 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     from alexnet import distributed  # torch: imported once the params are known to be good
+    from alexnet.ensemble import TrainPaths
+    from alexnet.tracking import check_tracking, resolve_tracking_uri
 
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     tr = params.train
     if tr.replicas > 1 and not distributed.under_torchrun():
         import torch
@@ -66,11 +69,6 @@ def work(params: Params, args: argparse.Namespace) -> None:
                   "errors are above", file=sys.stderr)
             raise SystemExit(code)
         return
-    from alexnet import distributed
-    from alexnet.ensemble import TrainPaths
-    from alexnet.tracking import check_tracking, resolve_tracking_uri
-
-    check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     paths = TrainPaths(
         root=Path(args.params).resolve().parent, prepared=Path(args.prepared), shards=Path(args.shards),
         models=Path(args.models), history=Path(args.history), checkpoints=Path(args.checkpoints),
