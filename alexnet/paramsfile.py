@@ -43,8 +43,8 @@ def read_params_file(path: Path) -> dict[str, Any]:
     if bad := _NOT_TEXT.search(text):
         raise ParamsError(f"{path}: not a text file (control character {bad.group()!r} at "
                           f"line {text.count(chr(10), 0, bad.start()) + 1})")
-    loader = _ParamsLoader(text)
     try:
+        loader = _ParamsLoader(text)  # its reader refuses characters YAML does not allow (U+0080, ...)
         node = loader.get_single_node()
         if node is not None:
             _refuse_duplicate_keys(node, path, "", set())

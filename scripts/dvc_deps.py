@@ -337,12 +337,33 @@ def write(root: Path = ROOT) -> None:
         out.append(line)
         i += 1
     (root / "dvc.yaml").write_text("".join(out))
+    _write_code_deps(root / "study" / "dvc.yaml", root)
     for stage in derived.values():
         reads = minimal(stage.params_reads)
         one_line = "PARAMS = (" + ", ".join(f'"{r}"' for r in reads) + ("," if len(reads) == 1 else "") + ")"
         decl = one_line if len(one_line) <= 118 else "PARAMS = (\n" + "".join(f'    "{r}",\n' for r in reads) + ")"
         entry = root / "stages" / f"{stage.name}.py"
         entry.write_text(re.sub(r"^PARAMS = \((?:.|\n)*?\)$", decl, entry.read_text(), count=1, flags=re.M))
+
+
+def _write_code_deps(dvc_yaml: Path, root: Path) -> None:
+    """Another pipeline file (study/dvc.yaml): each `python -m stages.X` stage's code deps, rewritten."""
+    if not dvc_yaml.is_file():
+        return
+    entries = {name: entry_module(stage["cmd"])
+               for name, stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).items()}
+    lines, out, closure, i = dvc_yaml.read_text().splitlines(keepends=True), [], None, 0
+    while i < len(lines):
+        if (m := _STAGE.match(lines[i])) and m.group(1) in entries:
+            closure = import_closure(entries[m.group(1)], root)
+        if closure is not None and _CODE_DEP.match(lines[i]):
+            while i < len(lines) and _CODE_DEP.match(lines[i]):
+                i += 1
+            out.extend(f"      - {f}\n" for f in closure)
+            continue
+        out.append(lines[i])
+        i += 1
+    dvc_yaml.write_text("".join(out))
 
 
 def main(argv: list[str]) -> int:

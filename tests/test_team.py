@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -35,12 +36,17 @@ def _run(argv: list[str], cwd: Path | None = None, env: dict | None = None, time
     return proc
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _gone(pid: int, wait: float = 30.0) -> bool:
+    """Has `pid` exited (within `wait` seconds: a stopped server may still be finishing its exit)?"""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _flow_names(prefect_api: str) -> set[str]:
@@ -160,7 +166,9 @@ def test_dvc_remote_push_then_pull_on_a_fresh_clone_recomputes_nothing(own_tmp):
     dvc = str(Path(sys.executable).parent / "dvc")
     first, second, remote = tmp_path / "first", tmp_path / "second", tmp_path / "remote"
     _run([git, "clone", "-q", "--no-hardlinks", str(ROOT), str(first)])
-    env = {**os.environ, "PYTHONPATH": str(first)}
+    # The stages run `python` from PATH: this interpreter's, as under `make test`.
+    env = {**os.environ, "PYTHONPATH": str(first),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     # Every key written out: dvc.yaml's params name keys that must be in the file.
     (first / "params.yaml").write_text(yaml.safe_dump(parse_params(tiny_params()).model_dump(mode="json")))
     _run([dvc, "remote", "add", "-d", "local", str(remote)], cwd=first, env=env)
@@ -171,7 +179,7 @@ def test_dvc_remote_push_then_pull_on_a_fresh_clone_recomputes_nothing(own_tmp):
          cwd=first)
 
     _run([git, "clone", "-q", str(first), str(second)])
-    env = {**os.environ, "PYTHONPATH": str(second)}
+    env = {**env, "PYTHONPATH": str(second)}
     _run([dvc, "pull"], cwd=second, env=env)
     for out in ("data/prepared", "data/shards", "models", "reports/eval/predictions"):
         assert any((second / out).iterdir()), out
