@@ -10,7 +10,6 @@ and of the prepared dataset are checked by alexnet/preflight.py, first thing in 
 from __future__ import annotations
 
 import functools
-import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alexnet.geometry import pooled_size
-from alexnet.paramsfile import ParamsError, read_params_file
+from alexnet.paramsfile import ParamsError, read_params_file, validation_message
 
 
 class _Section(BaseModel):
@@ -296,10 +295,13 @@ def _check_across_sections(params: Params, source: str) -> None:
     if params.data.source == "synthetic" and params.train.batch_size > train_images:
         problems.append(f"train.batch_size: {params.train.batch_size} is larger than the {train_images} train "
                         "images of data.synthetic (classes x train_per_class); training drops incomplete batches")
+    ensemble = params.ensemble
+    if params.train.replicas > 1 and (ensemble.devices is not None or ensemble.runner == "ray"):
+        problems.append("train.replicas: above 1, the train stage runs under torchrun and trains the members one "
+                        "after another; ensemble.devices and ensemble.runner=ray do not combine with it yet")
     if params.train.batch_size % params.train.replicas:
         problems.append(f"train.batch_size: {params.train.batch_size} is not divisible by train.replicas="
                         f"{params.train.replicas}; every rank takes an equal slice of each batch")
-    ensemble = params.ensemble
     if ensemble.runner == "ray" and ensemble.devices is not None:
         problems.append("ensemble.devices: not used with ensemble.runner=ray (Ray picks each member's GPUs); "
                         "set it to null")
@@ -321,45 +323,12 @@ def _smallest_crop(pooling: str) -> int:
             side += 1
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            section = ".".join(str(p) for p in e["loc"][:-1])
-            owner = _section_at(e["loc"][:-1])
-            allowed = ", ".join(owner.model_fields) if owner else "?"
-            msg = f"unknown key; allowed keys{' in ' + section if section else ''}: {allowed}"
-        got = e.get("input")
-        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {_short_repr(got)}"
-        lines.append(f"  {key or '<root>'}: {msg}{got_text}")
-    return f"{source}: invalid params\n" + "\n".join(lines)
-
-
-# A value shown in an error: YAML aliases can make a small file expand to millions of items.
-_reprs = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
-_reprs.maxlevel, _reprs.maxlist, _reprs.maxtuple, _reprs.maxdict, _reprs.maxstring = 2, 4, 4, 4, 60
-_short_repr = _reprs.repr
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Params
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     """Validate a params mapping; raise ParamsError naming every bad key."""
     try:
         params = Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ParamsError(_format_error(err, source)) from None
+        raise ParamsError(validation_message(err, source, Params)) from None
     _check_across_sections(params, source)
     return params
 

@@ -2,7 +2,7 @@
 
 With `train.replicas` R > 1 the train stage runs itself again under `torchrun --standalone
 --nproc-per-node R` (several machines: the user runs torchrun with --nnodes/--rdzv-endpoint, see
-docs/scale-out.md). Each rank holds one whole two-tower replica (`replica_devices`) wrapped in
+README, Scale out). Each rank holds one whole two-tower replica (`replica_devices`) wrapped in
 `DistributedDataParallel(model, device_ids=None)`, PyTorch's pattern for DDP over a model that
 spans devices; gloo on the CPU, NCCL on GPUs. The global batch stays train.batch_size: rank r
 takes the r-th contiguous slice of every batch (alexnet/loader.py cuts it from the pure keys), so

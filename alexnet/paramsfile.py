@@ -1,4 +1,4 @@
-"""Reading a params file: text, one YAML mapping, no duplicate keys; ParamsError naming the file.
+"""Reading a params file (text, one YAML mapping, no duplicate keys) and wording what is wrong with one.
 
 alexnet/config.py validates what this returns.
 """
@@ -6,10 +6,12 @@ alexnet/config.py validates what this returns.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 
 class ParamsError(ValueError):
@@ -83,3 +85,37 @@ def _refuse_duplicate_keys(node: yaml.Node, path: Path, prefix: str, seen: set[i
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _refuse_duplicate_keys(item, path, f"{prefix}{i}.", seen)
+
+
+def validation_message(err: ValidationError, source: str, root: type[BaseModel]) -> str:
+    """Every bad key of a failed validation, one line each; an unknown key lists the allowed ones."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            owner = _section_at(root, e["loc"][:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "?"
+            msg = f"unknown key; allowed keys{' in ' + section if section else ''}: {allowed}"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f", got {_short_repr(got)}"
+        lines.append(f"  {key or '<root>'}: {msg}{got_text}")
+    return f"{source}: invalid params\n" + "\n".join(lines)
+
+
+# A value shown in an error: YAML aliases can make a small file expand to millions of items.
+_reprs = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+_reprs.maxlevel, _reprs.maxlist, _reprs.maxtuple, _reprs.maxdict, _reprs.maxstring = 2, 4, 4, 4, 60
+_short_repr = _reprs.repr
+
+
+def _section_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model = root
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model

@@ -81,3 +81,11 @@ def test_paper_profile_is_the_papers_recipe():
         exclude={"workers", "deterministic"})
     assert (paper.model.crop_size, paper.preprocess.stored_size, paper.train.batch_size) == (224, 256, 128)
     assert paper.model.devices == ("cuda:0", "cuda:1") and paper.model.init == "paper"
+
+
+@pytest.mark.parametrize("ensemble", [{"devices": ["cpu", "cpu", "cpu", "cpu"]}, {"runner": "ray"}])
+def test_ddp_replicas_do_not_combine_with_a_member_pool_or_ray(ensemble):
+    raw = {"train": {"replicas": 2}, "model": {"devices": ["cpu", "cpu"]}, "ensemble": ensemble}
+    with pytest.raises(ParamsError, match="train.replicas: above 1, the train stage runs under torchrun"):
+        parse_params(raw)
+    parse_params({**raw, "train": {"replicas": 1}})  # one rank: either is fine
