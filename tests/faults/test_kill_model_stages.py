@@ -1,0 +1,107 @@
+"""kill -9 of the train or the evaluate stage mid-work, then a rerun: the outputs of an unbroken run, and
+no process of the killed stage left behind (the data stages: test_kill_data_stages.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.faults.test_no_leaks import MARKER, marked
+from tests.tiny import build_tiny_data, tiny_params
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stage_command(name: str, project: Path, data: Path) -> list[str]:
+    common = ["--params", str(project / "params.yaml"), "--prepared", str(data / "prepared"),
+              "--shards", str(data / "shards"), "--models", str(project / "models"),
+              "--tracking-state", str(project / "models" / "tracking.json")]
+    if name == "train":
+        return [sys.executable, "-m", "stages.train", *common, "--history", str(project / "history"),
+                "--checkpoints", str(project / "ckpt")]
+    return [sys.executable, "-m", "stages.evaluate", *common, "--reports", str(project / "reports"),
+            "--metrics", str(project / "metrics.json")]
+
+
+def run(name: str, project: Path, data: Path, env: dict, kill_when=None) -> None:
+    """Run a stage to the end, or SIGKILL its process alone once `kill_when()` holds."""
+    log = project / f"{name}.log"
+    with open(log, "ab") as out:
+        stage = subprocess.Popen(stage_command(name, project, data), cwd=REPO, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while stage.poll() is None and not (kill_when and kill_when()):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        if stage.poll() is None:
+            os.kill(stage.pid, signal.SIGKILL)  # the stage alone, as the OOM killer does
+            stage.wait()
+            assert kill_when, log.read_text()[-3000:]
+        else:
+            assert stage.returncode == 0 and not kill_when, log.read_text()[-3000:]
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+
+
+def no_leaks(token: str) -> None:
+    deadline = time.monotonic() + 15
+    while (left := marked(token)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:  # so that a failure does not outlive the test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived the killed stage: {left}"
+
+
+def weights(project: Path) -> dict[str, torch.Tensor]:
+    return torch.load(project / "models" / "member-0" / "model.pt", weights_only=True)["model"]
+
+
+def figures(project: Path) -> dict:
+    return json.loads((project / "metrics.json").read_text())
+
+
+def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_path):
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc to find the stage's processes")
+    data = build_tiny_data(tmp_path / "data")
+    token = uuid.uuid4().hex
+    env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server
+    projects = {}
+    for name in ("unbroken", "killed"):
+        project = projects[name] = tmp_path / name
+        project.mkdir()
+        raw = tiny_params(epochs=3)
+        raw["tracking"] = {"uri": f"sqlite:///{project / 'mlflow.db'}", "experiment": "kill"}
+        (project / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    a, b = projects["unbroken"], projects["killed"]
+    run("train", a, data, env)
+    run("evaluate", a, data, env)
+
+    # Killed once epoch 1's checkpoint is written, during epoch 2: the rerun resumes from it.
+    run("train", b, data, env, kill_when=lambda: b"wrote checkpoint" in (b / "train.log").read_bytes())
+    no_leaks(token)
+    assert not (b / "models" / "member-0" / "model.pt").exists()
+    run("train", b, data, env)
+    assert b"resuming from" in (b / "train.log").read_bytes()
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    predictions = b / "reports" / "predictions"
+    run("evaluate", b, data, env, kill_when=lambda: predictions.is_dir() and any(predictions.iterdir()))
+    no_leaks(token)
+    assert not (b / "metrics.json").exists()
+    run("evaluate", b, data, env)
+    assert figures(b) == figures(a)
