@@ -47,6 +47,9 @@ def read_params_file(path: Path) -> dict[str, Any]:
                           f"line {text.count(chr(10), 0, bad.start()) + 1})")
     try:
         loader = _ParamsLoader(text)  # its reader refuses characters YAML does not allow (U+0080, ...)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    try:
         node = loader.get_single_node()
         if node is not None:
             _refuse_duplicate_keys(node, path, "", set())
