@@ -1,5 +1,9 @@
 """kill -9 of the train or the evaluate stage mid-work, then a rerun: the outputs of an unbroken run, and
-no process of the killed stage left behind (the data stages: test_kill_data_stages.py)."""
+no process of the killed stage left behind (the data stages: test_kill_data_stages.py).
+
+The stage is killed alone, not its process group (as the OOM killer or `kill -9 <pid>` does). Every
+process it starts inherits a marker in its environment; after the kill none may carry it.
+"""
 
 import json
 import os
@@ -14,11 +18,28 @@ import pytest
 import torch
 import yaml
 
-from tests.faults.test_no_leaks import MARKER, marked
 from tests.tiny import build_tiny_data, tiny_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
+MARKER = "ALEXNET_LEAK_TEST"
+
+
+def marked(token: str) -> dict[int, str]:
+    """{pid: command line} of every live process whose environment carries MARKER=token."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if f"{MARKER}={token}".encode() in environ:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":  # a zombie has exited; only its parent's wait is missing
+                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
 
 
 def stage_command(name: str, project: Path, data: Path) -> list[str]:
@@ -32,7 +53,7 @@ def stage_command(name: str, project: Path, data: Path) -> list[str]:
             "--metrics", str(project / "metrics.json")]
 
 
-def run(name: str, project: Path, data: Path, env: dict, kill_when=None) -> None:
+def run(name: str, project: Path, data: Path, env: dict, kill_when=None, token: str = "") -> None:
     """Run a stage to the end, or SIGKILL its process alone once `kill_when()` holds."""
     log = project / f"{name}.log"
     with open(log, "ab") as out:
@@ -44,6 +65,8 @@ def run(name: str, project: Path, data: Path, env: dict, kill_when=None) -> None
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         if stage.poll() is None:
+            # Something to check: the stage has started a process of its own (Prefect's server, workers).
+            assert len(marked(token)) >= 2, "the stage started no process: nothing to check"
             os.kill(stage.pid, signal.SIGKILL)  # the stage alone, as the OOM killer does
             stage.wait()
             assert kill_when, log.read_text()[-3000:]
@@ -91,7 +114,8 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
     run("evaluate", a, data, env)
 
     # Killed once epoch 1's checkpoint is written, during epoch 2: the rerun resumes from it.
-    run("train", b, data, env, kill_when=lambda: b"wrote checkpoint" in (b / "train.log").read_bytes())
+    run("train", b, data, env, kill_when=lambda: b"wrote checkpoint" in (b / "train.log").read_bytes(),
+        token=token)
     no_leaks(token)
     assert not (b / "models" / "member-0" / "model.pt").exists()
     run("train", b, data, env)
@@ -100,7 +124,8 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
     predictions = b / "reports" / "predictions"
-    run("evaluate", b, data, env, kill_when=lambda: predictions.is_dir() and any(predictions.iterdir()))
+    run("evaluate", b, data, env, kill_when=lambda: predictions.is_dir() and any(predictions.iterdir()),
+        token=token)
     no_leaks(token)
     assert not (b / "metrics.json").exists()
     run("evaluate", b, data, env)
