@@ -181,6 +181,7 @@ def test_resuming_with_another_world_size_is_refused(data, stage_run):
                      progress=False)
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_reach_the_rendezvous_fails_fast_naming_the_setting(data, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

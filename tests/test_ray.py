@@ -93,6 +93,7 @@ def test_a_pool_too_small_for_one_member_fails_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no tracking store, no checkpoint, no model
 
 
+@pytest.mark.slow
 def test_the_train_stage_names_a_too_small_pool_in_one_line(tmp_path):
     data = build_tiny_data(tmp_path / "data")
     raw = tiny_params()

@@ -59,6 +59,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_locked_database_stops_training_before_it_starts_naming_the_store(data, tmp_path):
     root = tmp_path / "project"
     params = params_of(1, "locked")
@@ -72,6 +73,7 @@ def test_a_locked_database_stops_training_before_it_starts_naming_the_store(data
     assert not (root / "models").exists() and not (root / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_during_training_warns_and_the_member_finishes_then_sync_relogs_once(data, tmp_path, caplog):
     from alexnet.tracking_sync import main as tracking_main
 
@@ -123,6 +125,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_a_parent_left_running_by_a_killed_stage_is_ended_on_the_next_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run([sys.executable, "-c", _KILLED_STAGE, uri], capture_output=True, text=True, timeout=300,
@@ -140,6 +143,7 @@ def test_a_parent_left_running_by_a_killed_stage_is_ended_on_the_next_run(tmp_pa
     assert again != alive
 
 
+@pytest.mark.slow
 def test_evaluate_in_a_copied_project_logs_into_the_copys_store(data, tmp_path):
     original, copy = tmp_path / "original", tmp_path / "copy"
     params, paths = params_of(1, "copied"), paths_in(original, data)

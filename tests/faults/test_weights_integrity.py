@@ -88,6 +88,7 @@ def test_evaluate_stage_refuses_a_damaged_model_in_one_line(data, unbroken, tmp_
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["last", "last-and-previous"])
 def test_damaged_finished_checkpoint_is_set_aside_and_the_weights_equal_an_unbroken_run(
         data, unbroken, tmp_path, caplog, damage):
