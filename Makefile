@@ -22,11 +22,15 @@ run: install
 	dvc repro
 	python -m alexnet.summary reports/metrics.json
 
+# Two pytest workers, each taking whole test files (module fixtures are built once): most end-to-end
+# tests wait on servers, subprocesses and disk, so two workers keep both cores busy. TEST_WORKERS=0
+# runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	python -m pytest -q
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	python -m pytest -q -m "not slow"
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: install
 	python benchmarks/preprocess.py

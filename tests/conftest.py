@@ -1,6 +1,8 @@
 """Test-session isolation, and shared fixtures: a tiny synthetic tree and its prepared index."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 # No test may touch the user's ~/.prefect or the project's mlflow.db: Prefect's home goes to a
 # throwaway folder before anything imports prefect, and MLflow gets a URI only from each test.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="alexnet-tests-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 

@@ -157,7 +157,8 @@ def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
     code = {d for d in stage["deps"] if d.endswith(".py")}
     assert code == set(import_closure("stages.study")), "run scripts/dvc_deps.py's import_closure('stages.study')"
     assert {"params.yaml", "params/study.yaml"} <= set(stage["deps"])
-    listed = subprocess.run(["dvc", "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
+    dvc = Path(sys.executable).parent / "dvc"  # this venv's, whatever PATH says
+    listed = subprocess.run([str(dvc), "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "train" in listed and "study" not in listed  # `dvc repro` at the root never runs the study
 
 
