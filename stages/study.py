@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         from alexnet.study_runs import StudyPaths
 
         spec = load_study(args.study)  # every variant's params checked before any work
+        from flows.server import own_api_server
+
+        own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
         from flows.study import study
 
         study(spec, StudyPaths(root=Path.cwd(), work=Path(args.work), out=Path(args.out)))

@@ -130,3 +130,34 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
     assert not (b / "metrics.json").exists()
     run("evaluate", b, data, env)
     assert figures(b) == figures(a)
+
+
+def test_a_killed_study_stage_leaves_no_process(tmp_path):
+    """The study stage runs its flow on a Prefect server too: killed mid-run, nothing of it may stay."""
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc to find the stage's processes")
+    token = uuid.uuid4().hex
+    env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    raw = tiny_params(epochs=50)  # far longer than the test waits
+    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "kill-study"}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(
+        {"name": "kill", "base": str(tmp_path / "base.yaml"), "seeds": [0], "variants": {"baseline": {}}}))
+    log = tmp_path / "study.log"
+    with open(log, "wb") as out:
+        stage = subprocess.Popen([sys.executable, "-m", "stages.study", "--study", str(tmp_path / "study.yaml"),
+                                  "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while b"wrote checkpoint" not in log.read_bytes():  # a run is under way, in a flow on a server
+            assert stage.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert len(marked(token)) >= 2, "the stage started no process: nothing to check"
+        os.kill(stage.pid, signal.SIGKILL)
+        stage.wait()
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+    no_leaks(token)
