@@ -310,7 +310,7 @@ def minimal(reads: set[str]) -> list[str]:
 
 
 _CODE_DEP = re.compile(r"^      - (alexnet|stages|flows)/\S+\.py\s*$")
-_STAGE = re.compile(r"^  (\w+):\s*$")
+_STAGE = re.compile(r"^  ([\w-]+):\s*$")
 
 
 def write(root: Path = ROOT) -> None:
@@ -337,7 +337,8 @@ def write(root: Path = ROOT) -> None:
         out.append(line)
         i += 1
     (root / "dvc.yaml").write_text("".join(out))
-    _write_code_deps(root / "study" / "dvc.yaml", root)
+    for other in (root / "study" / "dvc.yaml", root / "study" / "imagenette" / "dvc.yaml"):
+        _write_code_deps(other, root)
     for stage in derived.values():
         reads = minimal(stage.params_reads)
         one_line = "PARAMS = (" + ", ".join(f'"{r}"' for r in reads) + ("," if len(reads) == 1 else "") + ")"
@@ -347,7 +348,7 @@ def write(root: Path = ROOT) -> None:
 
 
 def _write_code_deps(dvc_yaml: Path, root: Path) -> None:
-    """Another pipeline file (study/dvc.yaml): each `python -m stages.X` stage's code deps, rewritten."""
+    """Another pipeline file (the studies' dvc.yaml): each `python -m stages.X` stage's code deps, rewritten."""
     if not dvc_yaml.is_file():
         return
     entries = {name: entry_module(stage["cmd"])

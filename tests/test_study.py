@@ -153,10 +153,13 @@ def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
     sys.path.insert(0, "scripts")
     from dvc_deps import import_closure
 
-    stage = yaml.safe_load(Path("study/dvc.yaml").read_text())["stages"]["study"]
-    code = {d for d in stage["deps"] if d.endswith(".py")}
-    assert code == set(import_closure("stages.study")), "run scripts/dvc_deps.py's import_closure('stages.study')"
-    assert {"params.yaml", "params/study.yaml"} <= set(stage["deps"])
+    for pipeline, name, files in (("study/dvc.yaml", "study", {"params.yaml", "params/study.yaml"}),
+                                  ("study/imagenette/dvc.yaml", "study-imagenette",
+                                   {"params/study-imagenette.yaml", "params/imagenette.yaml"})):
+        stage = yaml.safe_load(Path(pipeline).read_text())["stages"][name]
+        code = {d for d in stage["deps"] if d.endswith(".py")}
+        assert code == set(import_closure("stages.study")), f"{pipeline}: run scripts/dvc_deps.py --write"
+        assert files <= set(stage["deps"]), pipeline
     dvc = Path(sys.executable).parent / "dvc"  # this venv's, whatever PATH says
     listed = subprocess.run([str(dvc), "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "train" in listed and "study" not in listed  # `dvc repro` at the root never runs the study
