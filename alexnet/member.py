@@ -23,7 +23,18 @@ from alexnet.config import Params, flatten
 from alexnet.distributed import current_ranks, replica_placement
 from alexnet.evaluate import predictions_file, save_probs
 from alexnet.heap import keep_freed_memory
-from alexnet.layout import CENTER, CLASSES_FILE, HISTORY_SUFFIX, MODEL_FILE, SUMMARY_FILE, TEN_CROP, member_name
+from alexnet.layout import (
+    CENTER,
+    CLASSES_FILE,
+    HISTORY_SUFFIX,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    TEN_CROP,
+    TRAIN,
+    VAL,
+    member_name,
+)
+from alexnet.metrics import topk_errs
 from alexnet.model import build_model
 from alexnet.provenance import code_fingerprint, fingerprint, git_commit
 from alexnet.shards import data_version
@@ -179,26 +190,45 @@ def predict_member(
     model_path: Path, params: Params, *, shards_dir: Path, out_dir: Path, progress: bool = True
 ) -> dict[str, str]:
     """Class probabilities of every val image for the centre crop and (if enabled) the ten patches."""
-    if params.train.keep_freed_memory:
-        keep_freed_memory()
-    model = load_member(model_path, params)
+    model = _loaded(model_path, params)
     name = model_path.parent.name
-    device = params.model.devices[0]
     out: dict[str, str] = {}
     views = {CENTER: False, **({TEN_CROP: True} if params.evaluate.ten_crop else {})}
     for view, ten in views.items():
-        data = loaders.EvalLoader(
-            shards_dir, "val", batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
-            ten_crop=ten, workers=loaders.resolve_workers(params.train.workers), divisor=params.model.input_scale,
-            pin_memory=torch.device(device).type == "cuda",
-            finish_on=loaders.finish_device(params.train.finish, device),
-        )
-        with data:
-            probs, labels = predict(model, data, device=device,
-                                    precision=resolve_precision(params.train.precision, device),
-                                    total=len(data), desc=f"{name} {view}", progress=progress)
+        probs, _ = _predict_split(model, params, shards_dir, VAL, ten, f"{name} {view}", progress)
         path = out_dir / predictions_file(name, view)
         save_probs(path, probs)
         out[view] = str(path)
     return out
+
+
+def member_errors(model_path: Path, params: Params, *, shards_dir: Path, split: str = TRAIN,
+                  progress: bool = False) -> dict[str, float]:
+    """Top-1/top-5 error on a split's images measured as val is: centre crops, eval mode (no dropout,
+    no lighting). On the training images it is what the network fits, whatever the variant's
+    dropout and augmentation, so train minus val compares overfitting across variants."""
+    model = _loaded(model_path, params)
+    probs, labels = _predict_split(model, params, shards_dir, split, False, f"{model_path.parent.name} {split}",
+                                   progress)
+    return topk_errs(probs, labels)
+
+
+def _loaded(model_path: Path, params: Params) -> torch.nn.Module:
+    if params.train.keep_freed_memory:
+        keep_freed_memory()
+    return load_member(model_path, params)
+
+
+def _predict_split(model: torch.nn.Module, params: Params, shards_dir: Path, split: str, ten: bool, desc: str,
+                   progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    device = params.model.devices[0]
+    data = loaders.EvalLoader(
+        shards_dir, split, batch_size=params.evaluate.batch_size, crop_size=params.model.crop_size,
+        ten_crop=ten, workers=loaders.resolve_workers(params.train.workers), divisor=params.model.input_scale,
+        pin_memory=torch.device(device).type == "cuda",
+        finish_on=loaders.finish_device(params.train.finish, device),
+    )
+    with data:
+        return predict(model, data, device=device, precision=resolve_precision(params.train.precision, device),
+                       total=len(data), desc=desc, progress=progress)
 

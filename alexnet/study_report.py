@@ -61,8 +61,9 @@ def table_markdown(table: Mapping[str, Any]) -> str:
                   for k in (*ERRORS, "train_minus_val")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nErrors in percent, mean ± half-width of the 95 % t-interval over seeds; Δ: the " \
-        "variant minus baseline on the same seeds. train - val: the final epoch's training error (augmented " \
-        "batches, training mode) minus the centre-crop val error; more negative is more overfitting.\n"
+        "variant minus baseline on the same seeds. train - val: the training images' top-1 error " \
+        "(centre crops, eval mode, as val is measured) minus the centre-crop val error; more negative is more " \
+        "overfitting.\n"
 
 
 def _figure1_csv(histories: Mapping[tuple[str, int], Sequence[float]]) -> str:

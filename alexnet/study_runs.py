@@ -19,7 +19,7 @@ from alexnet.config import flatten
 from alexnet.ensemble import dataset_name, entry_point
 from alexnet.evaluate import load_probs
 from alexnet.layout import CENTER, TEN_CROP, VAL
-from alexnet.member import predict_member, train_member
+from alexnet.member import member_errors, predict_member, train_member
 from alexnet.metrics import topk_errs
 from alexnet.provenance import fingerprint, git_commit
 from alexnet.shards import ShardSet, data_version
@@ -144,9 +144,10 @@ def run_variant_seed(spec: StudySpec, variant: str, seed: int, paths: StudyPaths
         errs = topk_errs(load_probs(probs[view]), labels) if view in probs else {"top1_err": float("nan"),
                                                                                 "top5_err": float("nan")}
         row.update({f"{view}_{k}": v for k, v in errs.items()})
-    final = trained["final"] or {}
-    row["train_top1_err"] = float(final.get("train_top1_err", float("nan")))
-    # Overfitting: the training error (augmented batches, training mode) minus the centre val error.
+    # Overfitting: the training images' error measured as val's is (centre crops, eval mode) minus
+    # the centre val error. The error of the last epoch's augmented batches in training mode would
+    # not do: dropout and augmentation raise it, so the variants without them would look overfitted.
+    row["train_top1_err"] = member_errors(Path(trained["model"]), params, shards_dir=paths.shards)["top1_err"]
     row["train_minus_val"] = row["train_top1_err"] - row["center_top1_err"]
     # As evaluate logs them ("center.top1_err"), so `python -m alexnet.compare` shows a study's runs too.
     tracker.log_metrics(run_id, {**{view: {k: row[f"{view}_{k}"] for k in ("top1_err", "top5_err")}

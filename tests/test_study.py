@@ -132,6 +132,25 @@ def test_the_failed_run_was_retried_and_resumed(finished):
 
 
 @pytest.mark.slow
+def test_the_overfitting_gap_is_measured_as_val_is(finished):
+    """train - val: the training images' error in eval mode on centre crops (as val's), not the error
+    of augmented batches with dropout, which would make the variants without them look overfitted."""
+    from alexnet.member import member_errors
+    from alexnet.study import variant_params
+
+    with open(finished["out"] / "results.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["variant"] == "baseline")
+    spec, paths = load_study(finished["root"] / "study.yaml"), finished["paths"]
+    model = paths.run_dir("baseline", int(row["seed"])) / "models" / "member-0" / "model.pt"
+    params = variant_params(spec, "baseline", int(row["seed"]))
+    val = member_errors(model, params, shards_dir=paths.shards, split="val")
+    assert val["top1_err"] == pytest.approx(float(row["center_top1_err"]), abs=1e-9)  # the same measurement
+    train = member_errors(model, params, shards_dir=paths.shards)["top1_err"]
+    assert float(row["train_top1_err"]) == pytest.approx(train, abs=1e-9)
+    assert float(row["train_minus_val"]) == pytest.approx(train - val["top1_err"], abs=1e-9)
+
+
+@pytest.mark.slow
 def test_the_table_figures_and_report_are_written(finished):
     out = finished["out"]
     summary = json.loads((out / "summary.json").read_text())
