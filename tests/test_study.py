@@ -66,6 +66,24 @@ def test_figure1_counts_epochs_to_the_target_and_their_ratio():
     assert fig["ratio"]["mean"] == pytest.approx((3 + 2) / 2) and fig["seeds_with_both"] == 2
 
 
+def test_figure1_counts_a_tanh_run_that_never_reached_the_target_as_slower():
+    from alexnet.report import figure1_claim
+
+    ours = {"baseline/seed-0": 7, "baseline/seed-1": 7, "baseline/seed-2": 8,
+            "tanh/seed-0": None, "tanh/seed-1": None, "tanh/seed-2": 12}
+    verdict, text = figure1_claim({"epochs": ours, "target_train_err": 0.6,
+                                   "ratio": {"mean": 1.5, "low": float("-inf"), "high": float("inf"), "n": 1,
+                                             "confidence": 0.95}})
+    assert verdict == "within noise"  # 3 of 3 seeds slower: p = 1/8, not below 0.05
+    assert "tanh slower in 3 of 3 seeds (2 never reached 0.6)" in text and "p = 0.125" in text
+    five = {**{f"baseline/seed-{s}": 5 for s in range(5)}, **{f"tanh/seed-{s}": None for s in range(5)}}
+    assert figure1_claim({"epochs": five, "target_train_err": 0.6})[0] == "reproduced"  # p = 1/32
+    flipped = {**{f"baseline/seed-{s}": 9 for s in range(5)}, **{f"tanh/seed-{s}": 4 for s in range(5)}}
+    assert figure1_claim({"epochs": flipped, "target_train_err": 0.6})[0] == "opposite"
+    never = {"baseline/seed-0": None, "tanh/seed-0": None}
+    assert figure1_claim({"epochs": never, "target_train_err": 0.6})[0] == "not reached"
+
+
 def test_the_shipped_study_files_are_valid():
     for path in ("params/study.yaml", "params/study-imagenette.yaml"):
         spec = StudySpec.model_validate(yaml.safe_load(Path(path).read_text()))
@@ -163,6 +181,19 @@ def test_the_table_figures_and_report_are_written(finished):
     assert "60,965,224" not in report  # per-layer counts are shown, not a total claim
     assert "| conv1 | 34,944 |" in report and "into conv3" in report
     assert "within noise" in report or "reproduced" in report or "opposite" in report
+
+
+@pytest.mark.slow
+def test_the_report_command_rewrites_the_stages_report_from_the_study_file(finished, tmp_path):
+    import shutil
+
+    from alexnet.report import main
+
+    copy = tmp_path / "study"
+    shutil.copytree(finished["out"], copy)
+    (copy / "REPORT.md").unlink()
+    assert main(["--study", str(copy), "--study-file", str(finished["root"] / "study.yaml")]) == 0
+    assert (copy / "REPORT.md").read_text() == (finished["out"] / "REPORT.md").read_text()
 
 
 def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
