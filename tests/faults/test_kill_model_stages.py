@@ -49,15 +49,18 @@ def stage_command(name: str, project: Path, data: Path) -> list[str]:
     if name == "train":
         return [sys.executable, "-m", "stages.train", *common, "--history", str(project / "history"),
                 "--checkpoints", str(project / "ckpt")]
+    if name == "study":  # the study prepares its own data from the study file's base params
+        return [sys.executable, "-m", "stages.study", "--study", str(project / "study.yaml"),
+                "--work", str(project / "work"), "--out", str(project / "out")]
     return [sys.executable, "-m", "stages.evaluate", *common, "--reports", str(project / "reports"),
             "--metrics", str(project / "metrics.json")]
 
 
-def run(name: str, project: Path, data: Path, env: dict, kill_when=None, token: str = "") -> None:
+def run(name: str, project: Path, data: Path, env: dict, kill_when=None, token: str = "", cwd: Path = REPO) -> None:
     """Run a stage to the end, or SIGKILL its process alone once `kill_when()` holds."""
     log = project / f"{name}.log"
     with open(log, "ab") as out:
-        stage = subprocess.Popen(stage_command(name, project, data), cwd=REPO, env=env, stdout=out,
+        stage = subprocess.Popen(stage_command(name, project, data), cwd=cwd, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -144,20 +147,9 @@ def test_a_killed_study_stage_leaves_no_process(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(
         {"name": "kill", "base": str(tmp_path / "base.yaml"), "seeds": [0], "variants": {"baseline": {}}}))
+    # Killed once a run has written a checkpoint: the flow is under way on the stage's server. The
+    # project is the working directory, as under `dvc repro study/dvc.yaml` (wdir: the project).
     log = tmp_path / "study.log"
-    with open(log, "wb") as out:
-        stage = subprocess.Popen([sys.executable, "-m", "stages.study", "--study", str(tmp_path / "study.yaml"),
-                                  "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
-                                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while b"wrote checkpoint" not in log.read_bytes():  # a run is under way, in a flow on a server
-            assert stage.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        assert len(marked(token)) >= 2, "the stage started no process: nothing to check"
-        os.kill(stage.pid, signal.SIGKILL)
-        stage.wait()
-    finally:
-        if stage.poll() is None:
-            os.killpg(stage.pid, signal.SIGKILL)
+    run("study", tmp_path, tmp_path, env, kill_when=lambda: b"wrote checkpoint" in log.read_bytes(), token=token,
+        cwd=tmp_path)
     no_leaks(token)
