@@ -125,10 +125,9 @@ def claims(summary: Mapping[str, Any], figures: Mapping[str, Any] | None) -> lis
                 "ours": iv.text() if iv else "not run",
                 "verdict": ("no difference shown" if iv and not iv.excludes_zero() and iv.n > 1 else
                             "differs" if iv and iv.n > 1 else "not run" if not iv else "one run")})
-    fig1 = summary.get("figure1") or {}
-    ok, ours = figure1_claim(fig1)
+    ok, ours = figure1_claim(summary.get("figure1") or {})
     out.append({"claim": "§3.1 Figure 1: tanh needs more epochs than ReLU to a training error (ratio)",
-                "paper": "about 6 (25 % on CIFAR-10)", "ours": ours, "verdict": ok if fig1 else "not run"})
+                "paper": "about 6 (25 % on CIFAR-10)", "ours": ours, "verdict": ok})
     if figures:
         spec = figures["figure3"]["colour_specificity"]
         out.append({"claim": "Figure 3: one tower colour-agnostic, one colour-specific (energy off the grey axis)",
@@ -159,10 +158,11 @@ def figure1_claim(fig1: Mapping[str, Any]) -> tuple[str, str]:
         elif tanh < relu:
             faster += 1
     n = slower + faster
-    ratio = fig1.get("ratio")
-    parts = [f"ratio {interval_of(ratio).mean:.2f} where both reached it (n={interval_of(ratio).n})"] if ratio else []
+    ratio = interval_of(fig1["ratio"]) if fig1.get("ratio") else None
+    parts = [f"ratio {ratio.mean:.2f} where both reached it (n={ratio.n})"] if ratio else []
     if n == 0:
         return "not reached", "; ".join([*parts, f"target {fig1.get('target_train_err', '?')} not reached by ReLU"])
+
     def at_least(k: int) -> float:  # P(k or more of n fair coin flips)
         return sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
 
