@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from alexnet.batches import (
 from alexnet.config import AugmentParams
 from alexnet.device_finish import DeviceFinish
 from alexnet.layout import TRAIN, VAL
+from alexnet.pools import exit_with_parent
 from alexnet.shards import ShardSet, load_stats
 from alexnet.shm import CropRing, OutputBuffers
 
@@ -56,7 +58,8 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(parent_pid: int, worker_id: int) -> None:
+    exit_with_parent(parent_pid)  # a killed stage leaves no worker behind
     # One intra-op thread per worker: the model in the main process owns the cores.
     torch.set_num_threads(1)
 
@@ -118,7 +121,7 @@ class _Loader:
             num_workers=workers,
             persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=partial(_worker_init, os.getpid()) if workers > 0 else None,
             # Its own generator: iterating a DataLoader draws a base seed, and drawing it from torch's
             # global RNG would shift dropout's stream, so a resumed run would differ from an unbroken one.
             generator=torch.Generator(),

@@ -8,7 +8,9 @@ prctl(PR_SET_PDEATHSIG)), then checks that its parent is still the process that 
 case that one died before the request was made. On other systems this is a no-op.
 
 The kernel sends the signal when the parent *thread* that forked the worker ends, so a pool must be
-created by a thread that outlives it: the stages create theirs on the main thread.
+created by a thread that outlives it: the stages create theirs on the main thread. The loader's
+workers are forked by whichever thread first iterates it (a Prefect task's thread, say), so they
+watch their parent's pid from a thread of their own instead (`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -30,3 +34,19 @@ def die_with_parent(parent_pid: int) -> None:
             raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != parent_pid:  # the parent died before the request: nothing would signal us
         os._exit(1)
+
+
+def exit_with_parent(parent_pid: int, every: float = 0.1) -> None:
+    """This process exits within `every` seconds of `parent_pid` dying, whichever of its threads forked it.
+
+    A daemon thread polls the parent pid: once the parent is gone this process is reparented, so its
+    ppid changes. (torch's DataLoader workers make the same check, but only between batches and
+    every 5 s, long enough for a test or a user to find them outliving a killed stage.)
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)  # not sys.exit: a worker's queue threads could block an orderly exit forever
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -1,5 +1,12 @@
 """The loader on real shards: batches independent of worker count, exact resume, eval order, layouts."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +205,55 @@ def test_batch_keys_are_pure_and_cover_an_epoch_once():
     with pytest.raises(ValueError, match="start_batch=8"):
         list(train_keys(3, 1, n, b, start_batch=8))
     assert [idx.tolist() for _, _, idx in eval_keys(10, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+CHILD = """
+import sys
+from alexnet.config import AugmentParams
+from alexnet.loader import TrainLoader
+loader = TrainLoader(sys.argv[1], batch_size=8, crop_size=16, seed=3, augment=AugmentParams(), workers=1)
+batches = loader.epoch(0)
+next(batches)
+print("ready", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_workers_die_with_a_killed_process_at_once(shards_dir):
+    """SIGKILL of the process that iterates (a stage, as the OOM killer does it): its workers go within a
+    second or two, not at torch's next 5 s parent check (a kill test saw one outlive 15 s under load)."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to find the workers")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(shards_dir)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        workers = children(child.pid)
+        assert workers, "the loader started no worker"
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 2
+    while (alive := {p for p in workers if Path(f"/proc/{p}").exists() and not zombie(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"loader workers outlived their killed process by 2 s: {alive}"
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
