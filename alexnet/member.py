@@ -186,37 +186,49 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+class LoadedMember:
+    """A member's exported weights, loaded and checksum-verified once, to predict any split with."""
+
+    def __init__(self, model_path: Path, params: Params) -> None:
+        if params.train.keep_freed_memory:
+            keep_freed_memory()
+        self.params = params  # on self alone: scripts/dvc_deps.py follows it into the methods
+        self.name = model_path.parent.name
+        self.model = load_member(model_path, params)
+
+    def predict_val(self, shards_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, str]:
+        """Class probabilities of every val image for the centre crop and (if enabled) the ten patches,
+        saved under out_dir; {view: path}."""
+        out: dict[str, str] = {}
+        views = {CENTER: False, **({TEN_CROP: True} if self.params.evaluate.ten_crop else {})}
+        for view, ten in views.items():
+            probs, _ = _predict_split(self.model, self.params, shards_dir, VAL, ten, f"{self.name} {view}",
+                                      progress)
+            path = out_dir / predictions_file(self.name, view)
+            save_probs(path, probs)
+            out[view] = str(path)
+        return out
+
+    def errors(self, shards_dir: Path, split: str = TRAIN, progress: bool = False) -> dict[str, float]:
+        """Top-1/top-5 error on a split's images measured as val is: centre crops, eval mode (no dropout,
+        no lighting). On the training images it is what the network fits, whatever the variant's
+        dropout and augmentation, so train minus val compares overfitting across variants."""
+        probs, labels = _predict_split(self.model, self.params, shards_dir, split, False,
+                                       f"{self.name} {split}", progress)
+        return topk_errs(probs, labels)
+
+
 def predict_member(
     model_path: Path, params: Params, *, shards_dir: Path, out_dir: Path, progress: bool = True
 ) -> dict[str, str]:
-    """Class probabilities of every val image for the centre crop and (if enabled) the ten patches."""
-    model = _loaded(model_path, params)
-    name = model_path.parent.name
-    out: dict[str, str] = {}
-    views = {CENTER: False, **({TEN_CROP: True} if params.evaluate.ten_crop else {})}
-    for view, ten in views.items():
-        probs, _ = _predict_split(model, params, shards_dir, VAL, ten, f"{name} {view}", progress)
-        path = out_dir / predictions_file(name, view)
-        save_probs(path, probs)
-        out[view] = str(path)
-    return out
+    """LoadedMember.predict_val of the member at model_path."""
+    return LoadedMember(model_path, params).predict_val(shards_dir, out_dir, progress)
 
 
 def member_errors(model_path: Path, params: Params, *, shards_dir: Path, split: str = TRAIN,
                   progress: bool = False) -> dict[str, float]:
-    """Top-1/top-5 error on a split's images measured as val is: centre crops, eval mode (no dropout,
-    no lighting). On the training images it is what the network fits, whatever the variant's
-    dropout and augmentation, so train minus val compares overfitting across variants."""
-    model = _loaded(model_path, params)
-    probs, labels = _predict_split(model, params, shards_dir, split, False, f"{model_path.parent.name} {split}",
-                                   progress)
-    return topk_errs(probs, labels)
-
-
-def _loaded(model_path: Path, params: Params) -> torch.nn.Module:
-    if params.train.keep_freed_memory:
-        keep_freed_memory()
-    return load_member(model_path, params)
+    """LoadedMember.errors of the member at model_path."""
+    return LoadedMember(model_path, params).errors(shards_dir, split, progress)
 
 
 def _predict_split(model: torch.nn.Module, params: Params, shards_dir: Path, split: str, ten: bool, desc: str,

@@ -3,8 +3,9 @@
 `prepare_study_data` builds the one dataset every variant reads (skipped when its params are
 unchanged), `start_study_tracking` opens one MLflow parent run for the study, `run_variant_seed`
 trains one (variant, seed) with alexnet.member.train_member into its own nested run, tagged with
-both, and predicts the val images with predict_member. No second training loop: a retried run
-resumes from train_member's checkpoint, and a finished one is not trained again.
+both, and predicts the val and training images with one alexnet.member.LoadedMember. No second
+training loop: a retried run resumes from train_member's checkpoint, and a finished one is not
+trained again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from alexnet.config import flatten
 from alexnet.ensemble import dataset_name, entry_point
 from alexnet.evaluate import load_probs
 from alexnet.layout import CENTER, TEN_CROP, VAL
-from alexnet.member import member_errors, predict_member, train_member
+from alexnet.member import LoadedMember, train_member
 from alexnet.metrics import topk_errs
 from alexnet.provenance import fingerprint, git_commit
 from alexnet.shards import ShardSet, data_version
@@ -132,8 +133,8 @@ def run_variant_seed(spec: StudySpec, variant: str, seed: int, paths: StudyPaths
         trained = train_member(0, params, prepared_dir=paths.prepared, shards_dir=paths.shards,
                                models_dir=where / "models", history_dir=where / "history",
                                checkpoints_dir=where / "checkpoints", on_epoch=after_epoch, progress=False)
-        probs = predict_member(Path(trained["model"]), params, shards_dir=paths.shards,
-                               out_dir=where / "predictions", progress=False)
+        member = LoadedMember(Path(trained["model"]), params)  # verified once, for val and train alike
+        probs = member.predict_val(paths.shards, where / "predictions", progress=False)
     except BaseException:
         tracker.end(run_id, status="FAILED")
         raise
@@ -147,7 +148,7 @@ def run_variant_seed(spec: StudySpec, variant: str, seed: int, paths: StudyPaths
     # Overfitting: the training images' error measured as val's is (centre crops, eval mode) minus
     # the centre val error. The error of the last epoch's augmented batches in training mode would
     # not do: dropout and augmentation raise it, so the variants without them would look overfitted.
-    row["train_top1_err"] = member_errors(Path(trained["model"]), params, shards_dir=paths.shards)["top1_err"]
+    row["train_top1_err"] = member.errors(paths.shards)["top1_err"]
     row["train_minus_val"] = row["train_top1_err"] - row["center_top1_err"]
     # As evaluate logs them ("center.top1_err"), so `python -m alexnet.compare` shows a study's runs too.
     tracker.log_metrics(run_id, {**{view: {k: row[f"{view}_{k}"] for k in ("top1_err", "top5_err")}
