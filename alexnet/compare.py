@@ -93,7 +93,12 @@ def _row(experiment: str, run, parent, metrics: Sequence[str]) -> dict[str, Any]
     for key in metrics:
         row[key] = own.get(key)  # the last logged value
     # A member inherits its ensemble's params; its own (seed, index) come on top.
-    row["_params"] = {**(parent.data.params if parent is not None else {}), **run.data.params}
+    params = {**(parent.data.params if parent is not None else {}), **run.data.params}
+    # model.norm null means "as model.lrn says" (ModelParams.normalisation). Shown resolved, so the
+    # paper's LRN does not read "None" beside norm: none's "none".
+    if params.get("model.norm") == "None" and params.get("model.lrn") in ("True", "False"):
+        params["model.norm"] = "lrn" if params["model.lrn"] == "True" else "none"
+    row["_params"] = params
     return row
 
 

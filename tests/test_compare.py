@@ -83,6 +83,20 @@ def test_only_differing_params_are_columns(store):
     assert pd.isna(table.loc[0, "train.seed"]) and table.loc[2, "train.seed"] == "1"
 
 
+def test_norm_is_shown_as_the_model_resolves_it(tmp_path):
+    """model.norm null (the default) is the LRN of model.lrn: true, not a value that reads "None"."""
+    uri = resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    tracker = Tracker(uri, "norms", local_artifact_root(uri, tmp_path))
+    models = {"paper": {"lrn": True, "norm": None}, "norm-none": {"lrn": True, "norm": "none"},
+              "lrn-off": {"lrn": False, "norm": None}, "bn": {"lrn": True, "norm": "batchnorm"}}
+    for name, model in models.items():
+        parent = tracker.start_parent(name, {"model": model}, TAGS)
+        tracker.end(parent)
+    table = compare_table(MlflowClient(uri), ["norms"]).set_index("run")
+    assert table.loc[["paper", "norm-none", "lrn-off", "bn"], "model.norm"].tolist() == [
+        "lrn", "none", "none", "batchnorm"]
+
+
 def test_cli_prints_the_table(store, capsys, monkeypatch):
     monkeypatch.chdir(store["root"])
     assert main(["--experiment", "exp-a", "--experiment", "exp-b", "--last", "1"]) == 0
