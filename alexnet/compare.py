@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from alexnet.config import ParamsError, load_params
+from alexnet.config import ModelParams, ParamsError, load_params
 from alexnet.layout import VIEWS
 from alexnet.tracking import PARENT_TAG, TrackingUnavailable, check_tracking, resolve_tracking_uri
 
@@ -94,10 +94,10 @@ def _row(experiment: str, run, parent, metrics: Sequence[str]) -> dict[str, Any]
         row[key] = own.get(key)  # the last logged value
     # A member inherits its ensemble's params; its own (seed, index) come on top.
     params = {**(parent.data.params if parent is not None else {}), **run.data.params}
-    # model.norm null means "as model.lrn says" (ModelParams.normalisation). Shown resolved, so the
-    # paper's LRN does not read "None" beside norm: none's "none".
+    # model.norm null means "as model.lrn says": shown as the model resolves it, so the paper's LRN
+    # does not read "None" beside norm: none's "none".
     if params.get("model.norm") == "None" and params.get("model.lrn") in ("True", "False"):
-        params["model.norm"] = "lrn" if params["model.lrn"] == "True" else "none"
+        params["model.norm"] = ModelParams(lrn=params["model.lrn"] == "True").normalisation
     row["_params"] = params
     return row
 
