@@ -19,6 +19,7 @@ from alexnet.prepare import prepare
 from alexnet.preprocess import preprocess
 from alexnet.shards import ShardSet, load_stats
 from alexnet.shm import CropRing
+from tests.procs import alive, children
 
 S, CROP = 32, 16
 SYNTHETIC = dict(classes=5, train_per_class=10, val_per_class=5, min_side=32, max_side=48, seed=0)
@@ -219,17 +220,6 @@ sys.stdin.read()  # until killed
 """
 
 
-def children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def test_workers_die_with_a_killed_process_at_once(shards_dir):
     """SIGKILL of the process that iterates (a stage, as the OOM killer does it): its workers go within
     3 s. torch's own parent check waits up to 5 s between looks, and the kill here lands just after a
@@ -246,16 +236,9 @@ def test_workers_die_with_a_killed_process_at_once(shards_dir):
         child.kill()
         child.wait()
     deadline = time.monotonic() + 3
-    while (alive := {p for p in workers if not gone(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in workers if alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in alive:
+    for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert not alive, f"loader workers outlived their killed process by 3 s: {alive}"
+    assert not left, f"loader workers outlived their killed process by 3 s: {left}"
 
-
-def gone(pid: int) -> bool:
-    """Exited: no longer in /proc, or a zombie waiting only for its parent's wait."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from alexnet.layout import DATASET_FILE, IMAGES_DIR, MANIFEST_FILE
+from tests.procs import stat_fields
 
 pytestmark = pytest.mark.slow  # each test starts several stage processes
 
@@ -55,11 +56,10 @@ def live_group(pgid: int) -> list[str]:
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            state, _ppid, group = stat_fields(pid)[:3]
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
-        state, _ppid, group = stat[stat.rindex(")") + 2:].split()[:3]
         if int(group) == pgid and state != "Z":  # a zombie is dead, waiting for init to reap it
             out.append(f"{pid} {state} {cmd[:120]}")
     return out

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from tests.procs import alive
 from tests.tiny import build_tiny_data, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,8 @@ def marked(token: str) -> dict[int, str]:
             continue
         try:
             environ = (proc / "environ").read_bytes().split(b"\0")
-            if f"{MARKER}={token}".encode() in environ:
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":  # a zombie has exited; only its parent's wait is missing
-                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if f"{MARKER}={token}".encode() in environ and alive(proc.name):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
     return found
