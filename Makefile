@@ -37,7 +37,7 @@ bench: install
 	python benchmarks/model.py
 	python benchmarks/loader.py
 
-# A team's MLflow and Prefect on PostgreSQL (README, Team setup): set ALEXNET_DB_URL=postgresql://USER:PASSWORD@HOST:PORT.
+# A team's MLflow and Prefect on PostgreSQL (docs/team.md): set ALEXNET_DB_URL=postgresql://USER:PASSWORD@HOST:PORT.
 servers: install
 	python -m alexnet.servers start
 

@@ -13,7 +13,7 @@
     Triton kernels, the windowed formula compiled, and eagerly.
 (c) The real train loop: synthetic shards at 256 px that the script writes (the real prepare and
     preprocess stages), TrainLoader with the finish on the device (train.finish), and
-    alexnet.train.train_one_epoch, epoch after epoch for --seconds; the first epochs are warm-up.
+    alexnet.training.loop.train_one_epoch, epoch after epoch for --seconds; the first epochs are warm-up.
 
 A JSON line follows each part; the last line is the fullest.
 Ratios: fused / no-LRN step (target >= 0.85), bf16 / full fp32 (>= 1.6) and bf16 / TF32,
@@ -35,15 +35,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet.config import AugmentParams, DataParams, PreprocessParams, SyntheticParams, TrainParams
-from alexnet.heap import keep_freed_memory
-from alexnet.loader import TrainLoader, resolve_workers
-from alexnet.lrn import local_response_norm
-from alexnet.model import AlexNet, autocast
-from alexnet.optim import make_optimizer
-from alexnet.prepare import prepare
-from alexnet.preprocess import preprocess
-from alexnet.train import train_one_epoch
+from alexnet.config.sections import AugmentParams, DataParams, PreprocessParams, SyntheticParams, TrainParams
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import preprocess
+from alexnet.loading.loader import TrainLoader, resolve_workers
+from alexnet.model.lrn import local_response_norm
+from alexnet.model.network import AlexNet, autocast
+from alexnet.training.heap import keep_freed_memory
+from alexnet.training.loop import train_one_epoch
+from alexnet.training.optim import make_optimizer
 
 IMAGENET_TRAIN = 1_281_167
 PRECISIONS = ("fp32", "tf32", "bf16")  # fp32: TF32 off; tf32: cuDNN and matmuls in TF32; bf16: autocast
@@ -201,7 +201,7 @@ def write_shards(root: Path, args: argparse.Namespace) -> Path:
 
 
 def train_loop(args: argparse.Namespace, precision: str, shards: Path) -> dict[str, float]:
-    """(c): alexnet.train.train_one_epoch over TrainLoader batches finished on the device."""
+    """(c): alexnet.training.loop.train_one_epoch over TrainLoader batches finished on the device."""
     set_tf32(precision == "tf32")
     amp = "bf16" if precision == "bf16" else "fp32"
     model = build(args, compile_=args.compile_loop)
@@ -216,9 +216,9 @@ def train_loop(args: argparse.Namespace, precision: str, shards: Path) -> dict[s
             stats = train_one_epoch(model, loader.epoch(epoch), optimizer, device=args.device, precision=amp,
                                     total=len(loader), progress=False)  # fmt: skip
             if epoch >= args.loop_warmup:
-                rates.append(stats["images_per_s"])
+                rates.append(stats.row()["images_per_s"])
                 images += len(loader) * args.batch
-            print(f"loop epoch {epoch + 1}: {stats['images_per_s']:.1f} img/s", flush=True)
+            print(f"loop epoch {epoch + 1}: {stats.row()['images_per_s']:.1f} img/s", flush=True)
             epoch += 1
     return {"images_per_s": round(statistics.median(rates), 1), "timed_epochs": len(rates),
             "timed_images": images, "loader_workers": resolve_workers(args.workers)}  # fmt: skip
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile and "step" not in skip:
         steps = {**steps, **compiled_step(args)}
         print(json.dumps(summary(result, steps, loop, args)), flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.config import AugmentParams, DataParams, PreprocessParams
-from alexnet.loader import TrainLoader
-from alexnet.prepare import prepare
-from alexnet.preprocess import preprocess
+from alexnet.config.sections import AugmentParams, DataParams, PreprocessParams
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import preprocess
+from alexnet.loading.loader import TrainLoader
 
 # Beside the repository, not inside it: a clone without ../shared passes --data.
 IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "imagenette-224"
@@ -96,8 +96,8 @@ def build_tree(data: Path, out: Path, images: int) -> Path:
 def build_model(num_classes: int, crop_size: int) -> nn.Module:
     """The project's AlexNet (demo profile: Kaiming init), or a one-tower stand-in if it is absent."""
     try:
-        from alexnet.config import ModelParams  # noqa: PLC0415
-        from alexnet.model import build_model as project_model  # noqa: PLC0415
+        from alexnet.config.sections import ModelParams  # noqa: PLC0415
+        from alexnet.model.network import build_model as project_model  # noqa: PLC0415
     except ImportError:
         project_model = None
     if project_model is not None:

@@ -14,7 +14,7 @@ for a training step, against a large matrix product measured in the same run (th
 On a GPU every step ends with a synchronize; `paper_two_devices` is the two-tower placement
 on [dev, dev] (the §3.2 split with its cross-device copies, on one card), and the LRN of the
 "fast" variants is the GPU path (the fused Triton kernel; `paper_lrn_compiled` runs the windowed
-sums compiled, `paper_lrn_eager` eagerly; see alexnet/lrn.py).
+sums compiled, `paper_lrn_eager` eagerly; see alexnet/model/lrn.py).
 The last line is one JSON object with the ratios and throughputs.
 """
 
@@ -32,9 +32,9 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet.heap import keep_freed_memory
-from alexnet.lrn import local_response_norm
-from alexnet.model import AlexNet
+from alexnet.model.lrn import local_response_norm
+from alexnet.model.network import AlexNet
+from alexnet.training.heap import keep_freed_memory
 
 
 class GroupedAlexNet(nn.Module):
@@ -85,7 +85,7 @@ def variants(num_classes: int, crop: int, device: str) -> dict[str, tuple[Callab
         "paper_fast": (paper(), "fp32"),
         "paper_two_devices": (paper([device, device]), "fp32"),
         "paper_torch_lrn": (paper(lrn_impl="torch"), "fp32"),
-        "paper_no_lrn": (paper(lrn=False), "fp32"),
+        "paper_no_lrn": (paper(norm="none"), "fp32"),
         "paper_fast_bf16": (paper(), "bf16"),
         "one_tower": (paper(towers=1), "fp32"),
         "grouped_reference": (on_device(lambda: GroupedAlexNet(num_classes, crop)), "fp32"),

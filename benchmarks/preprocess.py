@@ -7,7 +7,7 @@ Data: full-resolution ImageNet photos in `<wnid>/*.JPEG` (--images; default
 (prepare's `folder` source on a tree whose train/ links there); --limit N: the first N photos
 only (a smoke run). Baseline: torchvision ImageFolder with PIL Resize(256) +
 CenterCrop(256), one process, each image converted to a uint8 array. The stage:
-alexnet.preprocess.preprocess at stored_size 256 (raw shards of --shard-size images, 100 by
+alexnet.data.preprocess.preprocess at stored_size 256 (raw shards of --shard-size images, 100 by
 default; mean and PCA included), from an empty output folder each time, in each --resize mode
 (preprocess.resize: "torchvision", the default, byte-equal to the baseline's patches; and
 "central_square", one resample of the central square), with each --engines engine
@@ -68,13 +68,13 @@ def baseline_pass(ds) -> None:
 
 
 def stage_function():
-    """alexnet.preprocess.preprocess, with the modules pandas imports on its first parquet read
+    """alexnet.data.preprocess.preprocess, with the modules pandas imports on its first parquet read
     already loaded: start-up, untimed like the baseline's torchvision imports."""
     import pandas.io.parquet  # noqa: F401
     import pyarrow.dataset  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from alexnet.preprocess import preprocess
+    from alexnet.data.preprocess import preprocess
 
     return preprocess
 
@@ -87,7 +87,7 @@ def child_baseline(images: str) -> dict:
 
 
 def spec(workers: int, shard_size: int, resize: str, engine: str = "local", address: str | None = None):
-    from alexnet.config import PreprocessParams
+    from alexnet.config.sections import PreprocessParams
 
     return PreprocessParams(stored_size=SIZE, format="raw", shard_size=shard_size, workers=workers, resize=resize,
                             engine=engine, dask_address=address)
@@ -194,8 +194,8 @@ def make_prepared(images: Path, work: Path) -> tuple[Path, Path]:
     """Prepared indexes of the images as a train split: 1x, and the same rows 4 times."""
     import pandas as pd
 
-    from alexnet.config import DataParams
-    from alexnet.prepare import prepare
+    from alexnet.config.sections import DataParams
+    from alexnet.data.prepare import prepare
 
     tree = work / "tree"
     (tree / "val").mkdir(parents=True)

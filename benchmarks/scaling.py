@@ -4,7 +4,7 @@
     python benchmarks/scaling.py --crop 224 --batch 128   # the paper's sizes (slow on a CPU)
     python benchmarks/scaling.py --gpu-img-per-s 5983     # project from another GPU's step (H100 run)
 
-Measured here, with the project's two-tower AlexNet (alexnet.model.AlexNet, one device per replica):
+Measured here, with the project's two-tower AlexNet (alexnet.model.network.AlexNet, one device per replica):
 - one process, global batch B, on all the cores and on a rank's share of them (round-robin), and
   again on all the cores after the ranks ran (drift);
 - 2 ranks (torch.multiprocessing spawn, gloo, DDP(device_ids=None)), B/2 images each, cores split
@@ -19,7 +19,7 @@ noise between runs, and gloo's threads compete with the ranks' compute for the s
 
 Then a PROJECTION (arithmetic, not a measurement) for 1/2/4/8 GPUs: the per-step compute of one
 GPU from --gpu-img-per-s (default: the H200 figure for the paper model at batch 128 in the
-README's results log), ring all-reduce time 2(N-1)/N * bytes / bus bandwidth at stated link
+docs/results.md), ring all-reduce time 2(N-1)/N * bytes / bus bandwidth at stated link
 speeds, with no overlap (compute + all-reduce) and with the all-reduce hidden behind the backward
 (forward + max(backward, all-reduce), the backward taken as 2/3 of the step). Beside it,
 Krizhevsky's 2014 speed-ups. The last line is one JSON object.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -43,8 +42,9 @@ import torch.nn.functional as F
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from alexnet.heap import keep_freed_memory
-from alexnet.model import AlexNet
+from alexnet.core.processes import free_port
+from alexnet.model.network import AlexNet
+from alexnet.training.heap import keep_freed_memory
 
 # Effective all-reduce bus bandwidth, GB/s (stated assumptions, not measured here): PCIe 4.0 x16
 # ~25 of its 32 GB/s; NVLink 4 through NVSwitch (H100/H200 HGX), what NCCL's all_reduce_perf
@@ -147,12 +147,6 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out_di
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ring_allreduce_s(nbytes: float, gpus: int, bus_gb_s: float) -> float:
     return 0.0 if gpus == 1 else 2 * (gpus - 1) / gpus * nbytes / (bus_gb_s * 1e9)
 
@@ -204,7 +198,7 @@ def main() -> None:
     parser.add_argument("--allreduce-steps", type=int, default=3, help="timed all-reduces per size per round")
     parser.add_argument("--paper-classes", type=int, default=1000, help="classes of the paper-size gradient")
     parser.add_argument("--gpu-img-per-s", type=float, default=7100.0,
-                        help="one GPU's training throughput for the projection (README: H200, paper model)")
+                        help="one GPU's training throughput for the projection (docs/results.md: H200, paper model)")
     parser.add_argument("--gpu-batch", type=int, default=128, help="the batch of --gpu-img-per-s")
     args = parser.parse_args()
     if args.batch % args.world:

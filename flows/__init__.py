@@ -18,7 +18,7 @@ logging.getLogger("alexnet").setLevel(logging.INFO)
 
 def retry_unless_hopeless(task, task_run, state) -> bool:
     """A task's retry_condition_fn: no retry for what a retry cannot fix (a full disk)."""
-    from alexnet.atomic import disk_full_cause
+    from alexnet.core.atomic import disk_full_cause
 
     err = getattr(state, "data", None)  # the exception, for a task run that raised
     return not (isinstance(err, BaseException) and disk_full_cause(err) is not None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,17 +107,3 @@ def member_options(resources: dict[str, float]) -> contextlib.AbstractContextMan
     from prefect_ray.context import remote_options
 
     return remote_options(**resources)
-
-
-def in_ray_task() -> bool:
-    """True inside a Ray worker (a member submitted by RayTaskRunner), where Ray chose the GPUs."""
-    ray = sys.modules.get("ray")  # a Ray worker has imported it; elsewhere importing it costs seconds
-    if ray is None:
-        return False
-    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
-
-
-def ray_gpu_ids() -> list[str]:
-    import ray
-
-    return [str(i) for i in ray.get_gpu_ids()]

@@ -14,12 +14,9 @@ PREFECT_API_URL already set (a team's server, the tests' harness) is used as it 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,28 +24,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from alexnet.core.processes import free_port, signal_on_parent_death
+
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STARTUP_TIMEOUT_S = 180.0  # as flows/__init__.py gives Prefect's own: the start shares a busy machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with(parent: int):
-    """A preexec_fn: the child gets SIGTERM when `parent` dies (and exits if it already has)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-
-    def set_parent_death_signal() -> None:
-        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            os._exit(127)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return set_parent_death_signal
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -72,13 +52,13 @@ def own_api_server(timeout: float = STARTUP_TIMEOUT_S) -> str | None:
         return None
     spec = importlib.util.find_spec("prefect")
     app_dir = Path(spec.origin).parent.parent  # as SubprocessASGIServer passes prefect.__module_path__.parent
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
-        env=env, preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - before any thread of ours starts
+        env=env, preexec_fn=signal_on_parent_death(os.getpid()),  # noqa: PLW1509 - before any thread of ours starts
     )
     atexit.register(_stop, proc)  # a normal exit stops it at once; a kill leaves it to the kernel's signal
     url = f"http://127.0.0.1:{port}/api"

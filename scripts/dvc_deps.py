@@ -2,21 +2,19 @@
 
     python scripts/dvc_deps.py            # every stage's derived code deps and params reads
     python scripts/dvc_deps.py train      # one stage
-    python scripts/dvc_deps.py --write    # rewrite dvc.yaml's code deps and params, and each PARAMS
+    python scripts/dvc_deps.py --write    # rewrite the code deps and params of dvc.yaml and the studies'
 
-Code deps: the stage's entry module (`python -m stages.<name>` in its cmd) and every module of
-alexnet/, stages/ and flows/ it imports, transitively, found by parsing `import` statements with
-`ast` (nothing is imported or run), plus the `__init__.py` of each package on the way (Python runs
-it on import). Imports inside functions count: the stages import their flow lazily.
+Code deps: the import closure of the stage's entry module (`python -m stages.<name>` in its cmd),
+as alexnet/core/closure.py defines it, the same definition a member's resume fingerprint uses.
 
-Params: each stage declares its dvc.yaml params in one line, `PARAMS = (...)` in stages/<name>.py.
-The reads are derived from types, not from attribute names: a value is a params value when it is
-annotated with a class of alexnet/config.py (`Params`, `TrainParams`, ...), comes from
+Params: a stage's params are declared once, in dvc.yaml; this derives them from the code. The
+reads are derived from types, not from attribute names: a value is a params value when it is
+annotated with a class of alexnet/config/params.py (`Params`, `TrainParams`, ...), comes from
 `load_params(...)`, or is a field of another params value (`tr = params.train`). A read is the
 dotted path of the field used (`params.ensemble.members` -> "ensemble.members"); a section handed
 on whole (`build_model(params.model, ...)`, `cfg.model_dump()`) reads the whole section. Every
 function of every module in the stage's import closure counts, the granularity at which DVC sees
-code: if a module is a dependency, so are the params it reads. alexnet/config.py itself is left
+code: if a module is a dependency, so are the params it reads. alexnet/config/ itself is left
 out (its validation reads every section; that is not a use). The whole `Params` passed to a
 function is not a read by itself: the function receiving it is scanned. A params value kept on
 `self` (a class-level annotation, or `self.x = arg` with an annotated argument) is followed into
@@ -36,8 +34,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("alexnet", "stages", "flows")
-CONFIG = "alexnet/config.py"
+sys.path.insert(0, str(ROOT))  # run as a script: the project's own alexnet, whatever is installed
+
+from alexnet.core.closure import PACKAGES, import_closure, module_path  # noqa: E402
+
+CONFIG = "alexnet/config/sections.py"  # the params classes
+CONFIG_PACKAGE = "alexnet/config/"  # loading and validation read every section: not a use
 ROOT_TYPE = "Params"
 
 # Params that decide how the work is scheduled, never what an output holds: reading them does not
@@ -45,54 +47,6 @@ ROOT_TYPE = "Params"
 # Where the members run is one of them: a member's weights do not depend on its devices' group or runner.
 RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers", "ensemble.devices",
                            "ensemble.runner", "ensemble.ray_address"})
-
-
-def module_path(module: str, root: Path = ROOT) -> Path | None:
-    """alexnet.config -> alexnet/config.py (or a package's __init__.py); None outside the project."""
-    if module.split(".")[0] not in PACKAGES:
-        return None
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_modules(path: Path, root: Path) -> set[str]:
-    """Dotted names of the project modules `path` imports (anywhere in the file)."""
-    rel = path.relative_to(root).with_suffix("")
-    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package[: len(package) - node.level + 1]
-                base = ".".join([*parent, *([base] if base else [])])
-            found.add(base)
-            # `from alexnet import layout` imports the module alexnet/layout.py
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    names = set()
-    for name in found:
-        parts = name.split(".")
-        # importing a.b.c runs a/__init__.py and a/b/__init__.py first
-        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {n for n in names if module_path(n, root) is not None}
-
-
-def import_closure(entry: str, root: Path = ROOT) -> list[str]:
-    """Files (relative, sorted) of `entry` and every project module it imports, transitively."""
-    seen: set[Path] = set()
-    todo = [entry, *(".".join(entry.split(".")[:i]) for i in range(1, entry.count(".") + 1))]
-    while todo:
-        path = module_path(todo.pop(), root)
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        todo.extend(_imported_modules(path, root))
-    return sorted(p.relative_to(root).as_posix() for p in seen)
 
 
 def params_schema(root: Path = ROOT) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
@@ -202,7 +156,7 @@ def unannotated_params_args(files: list[str], root: Path = ROOT) -> list[str]:
     """Arguments named like a params value but not annotated: their reads would be invisible."""
     found = []
     for rel in files:
-        if rel == CONFIG:
+        if rel.startswith(CONFIG_PACKAGE):
             continue
         for fn in ast.walk(ast.parse((root / rel).read_text(), rel)):
             if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -213,11 +167,11 @@ def unannotated_params_args(files: list[str], root: Path = ROOT) -> list[str]:
 
 
 def params_reads(files: list[str], root: Path = ROOT) -> set[str]:
-    """Dotted params paths read by the code in `files` (alexnet/config.py excluded)."""
+    """Dotted params paths read by the code in `files` (alexnet/config/params.py excluded)."""
     fields, paths = params_schema(root)
     reads: set[str] = set()
     for rel in files:
-        if rel == CONFIG:
+        if rel.startswith(CONFIG_PACKAGE):
             continue
         tree = ast.parse((root / rel).read_text(), rel)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -255,17 +209,8 @@ class Stage:
     entry: str  # stages.train
     code_deps: list[str]  # derived
     params_reads: set[str]  # derived, runtime knobs removed
-    declared_params: tuple[str, ...] | None  # stages/<name>.py's PARAMS
     yaml_deps: list[str]
     yaml_params: list[str]
-
-
-def declared_params(entry_file: Path) -> tuple[str, ...] | None:
-    """The stage module's `PARAMS = (...)`, read without importing it."""
-    for node in ast.parse(entry_file.read_text()).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PARAMS" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    return None
 
 
 def entry_module(cmd: str) -> str:
@@ -288,7 +233,6 @@ def stages(root: Path = ROOT) -> list[Stage]:
         out.append(Stage(
             name=name, entry=entry, code_deps=files,
             params_reads=params_reads(files, root) - RUNTIME_KNOBS,
-            declared_params=declared_params(entry_file),
             yaml_deps=[str(d) for d in spec.get("deps") or []],
             yaml_params=[str(p) for p in params if not isinstance(p, dict)],
         ))
@@ -314,7 +258,7 @@ _STAGE = re.compile(r"^  ([\w-]+):\s*$")
 
 
 def write(root: Path = ROOT) -> None:
-    """Rewrite dvc.yaml's code deps and params (keeping its comments) and every stage's PARAMS line."""
+    """Rewrite dvc.yaml's code deps and params (keeping its comments), and the studies' code deps."""
     derived = {s.name: s for s in stages(root)}
     lines = (root / "dvc.yaml").read_text().splitlines(keepends=True)
     out, stage, i = [], None, 0
@@ -339,12 +283,6 @@ def write(root: Path = ROOT) -> None:
     (root / "dvc.yaml").write_text("".join(out))
     for other in (root / "study" / "dvc.yaml", root / "study" / "imagenette" / "dvc.yaml"):
         _write_code_deps(other, root)
-    for stage in derived.values():
-        reads = minimal(stage.params_reads)
-        one_line = "PARAMS = (" + ", ".join(f'"{r}"' for r in reads) + ("," if len(reads) == 1 else "") + ")"
-        decl = one_line if len(one_line) <= 118 else "PARAMS = (\n" + "".join(f'    "{r}",\n' for r in reads) + ")"
-        entry = root / "stages" / f"{stage.name}.py"
-        entry.write_text(re.sub(r"^PARAMS = \((?:.|\n)*?\)$", decl, entry.read_text(), count=1, flags=re.M))
 
 
 def _write_code_deps(dvc_yaml: Path, root: Path) -> None:
@@ -379,7 +317,6 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"    - {f}" for f in stage.code_deps))
         print(f"  params read (without {', '.join(sorted(RUNTIME_KNOBS))}):")
         print("\n".join(f"    # {r}" for r in minimal(stage.params_reads)))
-        print(f"  params declared in stages/{stage.name}.py: {list(stage.declared_params or ())}")
     return 0
 
 

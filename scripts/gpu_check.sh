@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in one go, for a lent GPU (the README's "CUDA" section), within about 8 minutes:
+# The CUDA checks in one go, for a lent GPU (the docs/scale-out.md, "Model parallelism and GPUs"), within about 8 minutes:
 #   1. benchmarks/gpu_train.py (issue 15's figures: the model step with the fused LRN, nn.LocalResponseNorm
 #      and no LRN in fp32/TF32/bf16, the compiled model, the LRN kernels alone, and the real train loop
 #      with the finish on the GPU, projected to ImageNet's 90 epochs),

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alexnet import ilsvrc  # noqa: E402
-from alexnet.layout import MANIFEST_FILE, MEAN_FILE, PCA_FILE  # noqa: E402
+from alexnet.core.layout import MANIFEST_FILE, MEAN_FILE, PCA_FILE  # noqa: E402
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -81,9 +81,9 @@ def pack(images: Path, out: Path) -> None:
 
 def check(out: Path, workers: int) -> bool:
     """prepare + preprocess (stored_size 256, raw) on both layouts; True when every output is equal."""
-    from alexnet.config import DataParams, PreprocessParams
-    from alexnet.prepare import prepare
-    from alexnet.preprocess import preprocess
+    from alexnet.config.sections import DataParams, PreprocessParams
+    from alexnet.data.prepare import prepare
+    from alexnet.data.preprocess import preprocess
 
     digests = {}
     for layout in ("tars", "extracted"):

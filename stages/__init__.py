@@ -2,17 +2,18 @@
 
 Every stage takes `--params` (default params.yaml) plus its own required path flags, declared as
 (flag, help) pairs; `run_stage` parses them, loads the params once and hands both to the stage.
+The params a stage reads are declared once, in dvc.yaml (scripts/dvc_deps.py derives them from
+the stage's import closure, and tests/test_dvc_yaml.py fails when they differ).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Callable, Sequence
 
-from alexnet.atomic import DiskFullError, disk_full_cause
-from alexnet.config import Params, ParamsError, load_params
+from alexnet.config.params import load_params
+from alexnet.config.sections import Params
+from alexnet.core.cli import exit_code, library_logs
 
 Flags = Sequence[tuple[str, str]]  # (flag, help): the stage's required path arguments
 Work = Callable[[Params, argparse.Namespace], object]
@@ -27,30 +28,13 @@ def parse_args(doc: str, flags: Flags, argv: Sequence[str] | None = None) -> arg
     return ap.parse_args(argv)
 
 
-def run_stage(name: str, doc: str, flags: Flags, work: Work, argv: Sequence[str] | None = None,
-              expected: tuple[type[BaseException], ...] = ()) -> int:
+def run_stage(name: str, doc: str, flags: Flags, work: Work, argv: Sequence[str] | None = None) -> int:
     """Parse the stage's arguments, load the params, run `work(params, args)` with the library's INFO logs.
 
-    Bad params fail here, before the stage imports anything heavy (or starts Prefect's server).
-    A bad input ends in one line and exit code 2: bad params, missing files, ValueError (damaged
-    weights among them), a full disk (naming the file) and the stage's own `expected` error types;
-    anything else is a bug and keeps its traceback.
+    Bad params fail here, before the stage imports anything heavy (or starts Prefect's server). A
+    bad input ends in one line and exit code 2 (alexnet/core/cli.py); anything else is a bug and
+    keeps its traceback.
     """
     args = parse_args(doc, flags, argv)
-    # INFO for the library's own lines only: at the root it would print every HTTP request that
-    # Prefect's and MLflow's clients make.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("alexnet").setLevel(logging.INFO)
-    try:
-        work(load_params(args.params), args)
-    except (ParamsError, FileNotFoundError, ValueError, DiskFullError, *expected) as err:
-        print(f"{name}: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk that no atomic write saw (a library writing on its own)
-        full = disk_full_cause(err)
-        if full is None:
-            raise
-        print(f"{name}: {full.filename or 'a write'}: disk full ({full.strerror}); free space and rerun",
-              file=sys.stderr)
-        return 2
-    return 0
+    library_logs()
+    return exit_code(name, lambda: work(load_params(args.params), args) and None)

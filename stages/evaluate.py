@@ -10,24 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from alexnet.config import Params
-from alexnet.preflight import check_before_work
-from alexnet.shards import ShardsError
-from alexnet.tracking import TrackingUnavailable
+from alexnet.config.sections import Params
+from alexnet.pipeline.preflight import check_before_work
 from stages import run_stage
 
-# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
-PARAMS = (
-    "data",
-    "ensemble.members",
-    "evaluate.batch_size",
-    "evaluate.ten_crop",
-    "model",
-    "tracking.experiment",
-    "tracking.registered_model",
-    "tracking.uri",
-    "train",
-)
 FLAGS = (
     ("--prepared", "the prepare stage's output (classes.csv)"),
     ("--shards", "the preprocess stage's output"),
@@ -40,23 +26,24 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
-    from alexnet.checkpoint import verify_file
-    from alexnet.ensemble import EvalPaths, member_models
+    from alexnet.pipeline.evaluate import member_models
+    from alexnet.pipeline.paths import EvalPaths
+    from alexnet.training.checkpoint import verify_file
 
     for model in member_models(params, Path(args.models)).values():
         verify_file(model)  # damaged weights are refused by name here, not inside a task
     from flows.server import own_api_server
 
     own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
-    from flows.evaluate_ensemble import evaluate_ensemble
+    from flows.evaluate_ensemble import evaluate_ensemble_flow
 
-    evaluate_ensemble(params, EvalPaths(
+    evaluate_ensemble_flow(params, EvalPaths(
         prepared=Path(args.prepared), shards=Path(args.shards), models=Path(args.models),
         reports=Path(args.reports), metrics=Path(args.metrics), tracking_state=Path(args.tracking_state)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("evaluate", __doc__, FLAGS, work, argv, (ShardsError, TrackingUnavailable))
+    return run_stage("evaluate", __doc__, FLAGS, work, argv)
 
 
 if __name__ == "__main__":

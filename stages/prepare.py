@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from alexnet.config import Params
-from alexnet.prepare import BadImageError, prepare
+from alexnet.config.sections import Params
+from alexnet.data.prepare import prepare
 from stages import run_stage
 
-# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
-PARAMS = ("data",)
 FLAGS = (("--out", "output folder (index.parquet, classes.csv, ...)"),)
 
 
@@ -22,7 +20,7 @@ def work(params: Params, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("prepare", __doc__, FLAGS, work, argv, (BadImageError,))
+    return run_stage("prepare", __doc__, FLAGS, work, argv)
 
 
 if __name__ == "__main__":

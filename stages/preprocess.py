@@ -8,13 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from alexnet.config import Params
-from alexnet.preprocess import preprocess
-from alexnet.shards import ShardsError
+from alexnet.config.sections import Params
+from alexnet.data.preprocess import preprocess
 from stages import run_stage
 
-# dvc.yaml's params for this stage; tests/test_dvc_yaml.py checks them against what its code reads.
-PARAMS = ("data", "preprocess")
 FLAGS = (
     ("--prepared", "the prepare stage's output folder"),
     ("--out", "output folder (shards, manifest.json, mean.npy, pca.json)"),
@@ -26,7 +23,7 @@ def work(params: Params, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("preprocess", __doc__, FLAGS, work, argv, (ShardsError,))
+    return run_stage("preprocess", __doc__, FLAGS, work, argv)
 
 
 if __name__ == "__main__":

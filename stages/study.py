@@ -11,13 +11,10 @@ into --out. The study file names its base params file; the default pipeline is l
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from alexnet.config import ParamsError
-from alexnet.shards import ShardsError
-from alexnet.tracking import TrackingUnavailable
+from alexnet.core.cli import exit_code, library_logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", required=True, help="data, checkpoints and models of the runs (kept: resumes)")
     ap.add_argument("--out", required=True, help="output: the table, plots, figures and REPORT.md")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("alexnet").setLevel(logging.INFO)
-    try:
-        from alexnet.study import load_study
-        from alexnet.study_runs import StudyPaths
+    library_logs()
+
+    def work() -> None:
+        from alexnet.study.runs import StudyPaths
+        from alexnet.study.spec import load_study
 
         spec = load_study(args.study)  # every variant's params checked before any work
         from flows.server import own_api_server
@@ -39,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.study import study
 
         study(spec, StudyPaths(root=Path.cwd(), work=Path(args.work), out=Path(args.out)))
-    except (ParamsError, FileNotFoundError, ValueError, ShardsError, TrackingUnavailable) as err:
-        print(f"study: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code("study", work)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Whole-batch compositions of alexnet.augment's steps, as one call each: the tests' reference.
+"""Whole-batch compositions of alexnet.loading.augment's steps, as one call each: the tests' reference.
 
-The loader runs the same steps split across processes (alexnet/batches.py); these run them in
+The loader runs the same steps split across processes (alexnet/loading/batches.py); these run them in
 one go, so a test can compare a loader's batch with what the steps give on the same images.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from alexnet.augment import crop_flip, draw_train, eval_crops, eval_mean_windows, finish_eval, finish_train
-from alexnet.config import AugmentParams
+from alexnet.config.sections import AugmentParams
+from alexnet.loading.augment import crop_flip, draw_train, eval_crops, eval_mean_windows, finish_eval, finish_train
 
 
 def train_augment(

@@ -28,9 +28,17 @@ def tiny() -> dict:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared synthetic dataset (prepare stage output); read-only for the tests."""
-    from alexnet.config import DataParams, SyntheticParams
-    from alexnet.prepare import prepare
+    from alexnet.config.sections import DataParams, SyntheticParams
+    from alexnet.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(out, DataParams(synthetic=SyntheticParams(**TINY)), workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """tests/tiny.py's training data (prepared + shards), built once per test process; read-only."""
+    from tests.tiny import build_tiny_data
+
+    return build_tiny_data(tmp_path_factory.mktemp("tiny-data"))

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from alexnet.core.processes import free_port
 
 INSTALL = "apt-get install postgresql-15 (Debian/Ubuntu; the binaries land in /usr/lib/postgresql/15/bin)"
 
@@ -36,7 +37,7 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        """postgresql://postgres:PASSWORD@127.0.0.1:PORT, no database (alexnet.servers' --db)."""
+        """postgresql://postgres:PASSWORD@127.0.0.1:PORT, no database (alexnet.team.servers' --db)."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}"
 
 
@@ -51,12 +52,6 @@ def find_bindir() -> Path | None:
     if initdb and shutil.which("pg_ctl"):
         return Path(initdb).parent
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_owner(argv: list[str]) -> list[str]:

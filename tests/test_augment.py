@@ -4,7 +4,8 @@ import pytest
 import torch
 from augment_ref import center_crop, ten_crop, train_augment
 
-from alexnet.augment import (
+from alexnet.config.sections import AugmentParams
+from alexnet.loading.augment import (
     TEN_CROP_VIEWS,
     crop_flip,
     lighting_shift,
@@ -12,7 +13,6 @@ from alexnet.augment import (
     subtract_mean_windows,
     ten_crop_offsets,
 )
-from alexnet.config import AugmentParams
 
 S, C = 12, 8  # stored and crop size: small, so positions are easy to check by hand
 EIGENVALUES = torch.tensor([9000.0, 800.0, 200.0])  # pixel^2, like real RGB covariances

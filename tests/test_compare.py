@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from alexnet.compare import compare_table, main
-from alexnet.tracking import Tracker, local_artifact_root, provenance_tags, resolve_tracking_uri
+from alexnet.compare import main
+from alexnet.tracking.compare import compare_table
+from alexnet.tracking.runs import Tracker, provenance_tags
+from alexnet.tracking.store import local_artifact_root, resolve_tracking_uri
 
 TAGS = provenance_tags(source="stages/train.py", git_commit="abc123", data_version="v1", dataset="synthetic",
                        devices=["cpu"])

@@ -1,6 +1,6 @@
 """The CUDA paths (§3.2 placement, bf16, the GPU LRN, deterministic training): skipped without a GPU.
 
-CI has no GPU, so these run where one is lent (the README's results log says when and on
+CI has no GPU, so these run where one is lent (docs/results.md says when and on
 what). They compare against the CPU, which the rest of the suite checks in depth.
 """
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny import FAULT_LINE, build_tiny_data, tiny_params, train_command
 
-from alexnet.checkpoint import load_checkpoint
-from alexnet.lrn import LocalResponseNorm, local_response_norm
-from alexnet.model import AlexNet, autocast
+from alexnet.model.lrn import LocalResponseNorm, local_response_norm
+from alexnet.model.network import AlexNet, autocast
+from alexnet.training.checkpoint import load_checkpoint
+from tests.tiny import FAULT_LINE, build_tiny_data, tiny_params, train_command
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,6 @@
 and an address with no scheduler named in one line."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,9 +11,10 @@ import cloudpickle
 import pytest
 import yaml
 
-import alexnet.preprocess as stage
-from alexnet.config import PreprocessParams
-from alexnet.layout import MANIFEST_FILE
+from alexnet.config.sections import PreprocessParams
+from alexnet.core.layout import MANIFEST_FILE
+from alexnet.core.processes import free_port
+from alexnet.data import preprocess as stage
 
 # dask[distributed] is in the dev extra (make install): a missing one is an error here, not a skip.
 pytestmark = pytest.mark.slow  # each test starts worker processes or a stage: tens of seconds on 2 cores
@@ -95,12 +95,6 @@ def test_finished_shards_are_kept_after_a_failed_run(tiny_prepared, local, clust
     stage.preprocess(tiny_prepared, tmp_path, spec, progress=False)
     assert {n: (tmp_path / n).stat().st_mtime_ns for n in ledgers} == ledgers  # kept, not rebuilt
     assert outputs(tmp_path) == local
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_address_fails_fast_in_one_line(tiny_prepared, tmp_path):

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from tiny import build_tiny_data, tiny_params
 
-from alexnet.checkpoint import load_checkpoint
-from alexnet.config import ParamsError, parse_params
-from alexnet.distributed import check_fits, torchrun_command
-from alexnet.layout import MODEL_FILE, member_name
-from alexnet.member import MemberPaths, run_key, train_member
+from alexnet.config.params import ParamsError, parse_params
+from alexnet.core.layout import MODEL_FILE, member_name
+from alexnet.training.checkpoint import load_checkpoint
+from alexnet.training.distributed import check_fits, torchrun_command
+from alexnet.training.member import MemberPaths, run_key, train_member
+from tests.tiny import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 logging.basicConfig(level=logging.WARNING)
 logging.getLogger("alexnet").setLevel(logging.INFO)
-from alexnet.config import parse_params
-from alexnet.distributed import process_group
-from alexnet.member import train_member
+from alexnet.config.params import parse_params
+from alexnet.training.distributed import process_group
+from alexnet.training.member import train_member
 raw = yaml.safe_load(Path(sys.argv[1]).read_text())
 data, out, kill_after = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 params = parse_params(raw)
@@ -84,11 +84,6 @@ def _torchrun(tmp: Path, data: Path, out: Path, raw: dict, *, restarts: int = 0,
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(out / "models" / member_name(0) / MODEL_FILE)["model"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("ddp-data"))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +230,7 @@ def test_the_stage_launches_torchrun_with_an_argument_list():
 
 
 def test_bf16_compression_halves_the_bytes_each_rank_all_reduces():
-    from alexnet.distributed import grad_bytes_per_step
+    from alexnet.training.distributed import grad_bytes_per_step
 
     layer = torch.nn.Linear(10, 3)  # 33 parameters
     assert grad_bytes_per_step(layer, "none") == 4 * 33

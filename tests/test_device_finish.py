@@ -1,4 +1,4 @@
-"""The finish on the device (alexnet/device_finish.py) gives today's batches bit for bit; the step
+"""The finish on the device (alexnet/loading/device_finish.py) gives today's batches bit for bit; the step
 reads its sums back without changing them; train.workers auto, train.finish, train.compile.
 
 Without a GPU the "device" path runs with device "cpu": the same staging, the same gathered mean
@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.augment import TrainDraws, draw_train, finish_train, mean_windows, subtract_mean_windows
-from alexnet.config import AugmentParams, DataParams, ParamsError, PreprocessParams, SyntheticParams, parse_params
-from alexnet.loader import EvalLoader, TrainLoader, finish_device, resolve_workers
-from alexnet.metrics import topk_err
-from alexnet.model import AlexNet
-from alexnet.prepare import prepare
-from alexnet.preprocess import preprocess
-from alexnet.train import train_one_epoch
+from alexnet.config.params import ParamsError, parse_params
+from alexnet.config.sections import AugmentParams, DataParams, PreprocessParams, SyntheticParams
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import preprocess
+from alexnet.loading.augment import TrainDraws, draw_train, finish_train, mean_windows, subtract_mean_windows
+from alexnet.loading.loader import EvalLoader, TrainLoader, finish_device, resolve_workers
+from alexnet.model.network import AlexNet
+from alexnet.training.loop import train_one_epoch
+from alexnet.training.metrics import topk_err
 
 S, CROP = 32, 16
 SYNTHETIC = dict(classes=4, train_per_class=10, val_per_class=5, min_side=32, max_side=48, seed=2)
@@ -125,7 +126,7 @@ def test_epoch_sums_on_the_device_are_the_python_float_sums():
         opt.step()
         loss_sum += loss.item() * 4
         err_sum += topk_err(logits.detach().float(), labels, 1) * 4
-    assert stats["loss"] == loss_sum / 12 and stats["top1_err"] == err_sum / 12
+    assert stats.row()["loss"] == loss_sum / 12 and stats.row()["top1_err"] == err_sum / 12
     for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -170,8 +171,8 @@ class _Epochs:
     def __init__(self, batches):
         self.batches = batches
 
-    def epoch(self, epoch):
-        return self.batches
+    def epoch(self, epoch, start_batch=0):
+        return self.batches[start_batch:]
 
     def __len__(self):
         return len(self.batches)
@@ -181,7 +182,7 @@ class _Epochs:
 def test_train_compile_trains_the_same_module(tmp_path):
     # train.compile compiles in place: the checkpoint keeps the module's own keys (no _orig_mod.),
     # and without dropout the compiled run follows the eager one up to rounding.
-    from alexnet.train import RunSpec, TrainData, fit  # noqa: PLC0415
+    from alexnet.training.loop import RunSpec, TrainData, fit  # noqa: PLC0415
 
     histories, keys = [], []
     for compile_ in (False, True):

@@ -29,22 +29,15 @@ def test_code_deps_are_the_stages_import_closure(stage):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_params_are_declared_once_in_the_stage_and_equal_in_dvc_yaml(stage):
-    assert stage.declared_params is not None, f"stages/{stage.name}.py declares no PARAMS = (...)"
-    assert sorted(stage.yaml_params) == sorted(stage.declared_params), (
-        f"dvc.yaml stage {stage.name} params {stage.yaml_params} != stages/{stage.name}.py PARAMS "
-        f"{list(stage.declared_params)}")
-
-
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_the_stage_reads_only_declared_params_and_every_declared_one(stage):
-    declared = stage.declared_params or ()
+def test_dvc_yaml_declares_exactly_the_params_the_stage_reads(stage):
+    declared = stage.yaml_params
     undeclared = [r for r in dvc_deps.minimal(stage.params_reads)
                   if not any(dvc_deps.covers(d, r) for d in declared)]
-    assert not undeclared, f"stage {stage.name} reads params it does not declare: {undeclared}; {FIX}"
+    assert not undeclared, f"stage {stage.name} reads params dvc.yaml does not list: {undeclared}; {FIX}"
     unread = [d for d in declared if not any(dvc_deps.covers(d, r) or dvc_deps.covers(r, d)
                                              for r in stage.params_reads)]
-    assert not unread, f"stage {stage.name} declares params no code of it reads: {unread}"
+    assert not unread, f"dvc.yaml lists params stage {stage.name} never reads: {unread}; {FIX}"
+    assert declared == dvc_deps.minimal(stage.params_reads), f"dvc.yaml stage {stage.name}: {FIX}"
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
@@ -72,7 +65,8 @@ def load_params(path): ...
 
 
 def make_project(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in {"alexnet/__init__.py": "", "alexnet/config.py": CONFIG, "stages/__init__.py": "",
+    for rel, text in {"alexnet/__init__.py": "", "alexnet/config/__init__.py": "", "alexnet/config/sections.py": CONFIG,
+                      "alexnet/core/__init__.py": "", "alexnet/model/__init__.py": "", "stages/__init__.py": "",
                       "flows/__init__.py": "", **files}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(textwrap.dedent(text))
@@ -81,21 +75,22 @@ def make_project(root: Path, files: dict[str, str]) -> Path:
 
 def test_closure_follows_lazy_relative_and_from_package_imports_and_stops_outside(tmp_path):
     root = make_project(tmp_path, {
-        "stages/s.py": "import os\nfrom alexnet import layout\ndef main():\n    from flows.f import run\n",
-        "alexnet/layout.py": "from .atomic import write\n",
-        "alexnet/atomic.py": "import numpy\n",
-        "flows/f.py": "import alexnet.model as m\n",
-        "alexnet/model.py": "",
+        "stages/s.py": "import os\nfrom alexnet.core import layout\ndef main():\n    from flows.f import run\n",
+        "alexnet/core/layout.py": "from .atomic import write\n",
+        "alexnet/core/atomic.py": "import numpy\n",
+        "flows/f.py": "import alexnet.model.network as m\n",
+        "alexnet/model/network.py": "",
         "alexnet/unused.py": "",
     })
     assert dvc_deps.import_closure("stages.s", root) == [
-        "alexnet/__init__.py", "alexnet/atomic.py", "alexnet/layout.py", "alexnet/model.py",
-        "flows/__init__.py", "flows/f.py", "stages/__init__.py", "stages/s.py"]
+        "alexnet/__init__.py", "alexnet/core/__init__.py", "alexnet/core/atomic.py", "alexnet/core/layout.py",
+        "alexnet/model/__init__.py", "alexnet/model/network.py", "flows/__init__.py", "flows/f.py",
+        "stages/__init__.py", "stages/s.py"]
 
 
 def test_params_reads_follow_types_aliases_and_whole_sections(tmp_path):
     root = make_project(tmp_path, {"alexnet/m.py": """
-        from alexnet.config import ModelParams, Params, TrainParams, load_params
+        from alexnet.config.sections import ModelParams, Params, TrainParams
         def a(params: Params):
             tr = params.train
             return tr.seed, tr.augment.flip
@@ -109,14 +104,14 @@ def test_params_reads_follow_types_aliases_and_whole_sections(tmp_path):
         def d(params: Params):
             helper(params)          # whole Params handed on: the helper is scanned instead
     """})
-    reads = dvc_deps.params_reads(["alexnet/m.py", "alexnet/config.py"], root)
+    reads = dvc_deps.params_reads(["alexnet/m.py", "alexnet/config/sections.py"], root)
     assert reads == {"train.seed", "train.augment.flip", "model", "train.augment", "train"}
     assert dvc_deps.minimal(reads) == ["model", "train"]
 
 
 def test_params_kept_on_self_are_followed_into_the_other_methods(tmp_path):
     root = make_project(tmp_path, {"alexnet/m.py": """
-        from alexnet.config import ModelParams, TrainParams
+        from alexnet.config.sections import ModelParams, TrainParams
         class Trainer:
             model: ModelParams
             def __init__(self, train: TrainParams, params):
@@ -138,8 +133,6 @@ def test_covers_is_by_dotted_prefix_not_by_text():
     assert not dvc_deps.covers("ensemble.members", "ensemble") and not dvc_deps.covers("train", "training.x")
 
 
-def test_the_stage_declaration_is_read_without_importing(tmp_path):
-    root = make_project(tmp_path, {"stages/s.py": "raise SystemExit\nPARAMS = ('data', 'ensemble.members')\n"})
-    assert dvc_deps.declared_params(root / "stages/s.py") == ("data", "ensemble.members")
+def test_a_stage_must_run_a_module():
     with pytest.raises(ValueError, match="does not run `python -m <module>`"):
         dvc_deps.entry_module("python stages/s.py")

@@ -1,4 +1,4 @@
-"""alexnet.ensemble without Prefect: the steps the flows run as tasks, called as plain functions on
+"""alexnet.pipeline.train without Prefect: the steps the flows run as tasks, called as plain functions on
 a tiny synthetic set and a temporary MLflow SQLite store."""
 
 import json
@@ -8,22 +8,15 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tiny import build_tiny_data, tiny_params
 
-from alexnet.config import parse_params
-from alexnet.ensemble import (
-    EvalPaths,
-    TrainPaths,
-    entry_point,
-    finish_ensemble_tracking,
-    log_evaluation,
-    member_models,
-    start_ensemble_tracking,
-    train_logged_member,
-    write_reports,
-)
-from alexnet.member import predict_member
-from alexnet.tracking import TrackingUnavailable
+from alexnet.config.params import parse_params
+from alexnet.evaluation.members import predict_member
+from alexnet.pipeline.evaluate import log_evaluation, member_models, write_reports
+from alexnet.pipeline.paths import EvalPaths, TrainPaths
+from alexnet.pipeline.train import finish_ensemble_tracking, start_ensemble_tracking, train_logged_member
+from alexnet.tracking.lifecycle import entry_point
+from alexnet.tracking.store import TrackingUnavailable
+from tests.tiny import build_tiny_data, tiny_params
 
 
 def paths_in(root: Path, data: Path) -> TrainPaths:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.evaluate import (
+from alexnet.evaluation.reports import (
     ensemble_report,
     evaluate_ensemble,
     headline_view,
@@ -12,7 +12,7 @@ from alexnet.evaluate import (
     read_class_names,
     save_probs,
 )
-from alexnet.summary import format_table, summary_rows
+from alexnet.summary import summary_rows, summary_table
 
 
 def _probs(logits):
@@ -74,9 +74,9 @@ def test_evaluate_ensemble_writes_reports_from_saved_probabilities(tmp_path):
     per_class = (tmp_path / "reports" / "per_class.csv").read_text().splitlines()
     assert per_class[0] == "label,class,images,top1_acc" and per_class[1].startswith("0,cat,2,")
     # The summary table shows every member and the ensemble, as percentages.
-    names = [name for name, _ in summary_rows(on_disk)]
+    names = [row[""] for row in summary_rows(on_disk)]
     assert names == ["member-0", "member-1", "member-2", "ensemble"]
-    table = format_table(on_disk)
+    table = summary_table(on_disk)
     assert f"{on_disk['ten_crop']['top1_err'] * 100:.2f}%" in table.splitlines()[-1]
 
 

@@ -1,22 +1,15 @@
-"""Figures 3 and 4 (alexnet/figures.py): the towers' own conv1 split, colour specificity, neighbours."""
+"""Figures 3 and 4 (alexnet/evaluation/figures.py): the towers' own conv1 split, colour specificity, neighbours."""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import build_tiny_data
 
-from alexnet.figures import (
-    colour_specificity,
-    conv1_kernels,
-    figure3,
-    kernel_grid,
-    main,
-    nearest,
-    query_indices,
-)
-from alexnet.model import AlexNet
+from alexnet.evaluation.figures import colour_specificity, conv1_kernels, figure3, kernel_grid, nearest, query_indices
+from alexnet.figures import main
+from alexnet.model.network import AlexNet
+from tests.tiny import build_tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +65,9 @@ def test_figure3_writes_the_image_and_a_number_per_tower(model, tmp_path):
 
 def test_the_command_writes_both_figures_from_a_member(model, tmp_path):
     import yaml
-    from tiny import tiny_params
 
-    from alexnet.member import export_model
+    from alexnet.training.member import export_model
+    from tests.tiny import tiny_params
 
     data = build_tiny_data(tmp_path / "data")
     params = tmp_path / "params.yaml"

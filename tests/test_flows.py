@@ -10,14 +10,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
-from tiny import build_tiny_data, tiny_params
 
-from alexnet.config import parse_params
-from alexnet.ensemble import EvalPaths, TrainPaths
-from alexnet.evaluate import load_probs
-from alexnet.metrics import topk_errs
-from alexnet.shards import ShardSet, data_version
-from alexnet.tracking_sync import read_tracking_state
+from alexnet.config.params import parse_params
+from alexnet.data.shards import ShardSet, data_version
+from alexnet.evaluation.reports import load_probs
+from alexnet.pipeline.paths import EvalPaths, TrainPaths
+from alexnet.tracking.state import read_tracking_state
+from alexnet.training.metrics import topk_errs
+from tests.tiny import build_tiny_data, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +49,8 @@ def harness():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, harness, data_dirs):
     """A finished train + evaluate of a 2-member ensemble, member 1 failing once after epoch 1."""
-    from flows.evaluate_ensemble import evaluate_ensemble
-    from flows.train_ensemble import train_ensemble
+    from flows.evaluate_ensemble import evaluate_ensemble_flow
+    from flows.train_ensemble import run_train_flow
 
     root = tmp_path_factory.mktemp("project")
     raw = tiny_params(epochs=2)
@@ -60,9 +60,10 @@ def project(tmp_path_factory, harness, data_dirs):
     common = {"prepared": data_dirs / "prepared", "shards": data_dirs / "shards", "models": root / "models",
               "tracking_state": root / "models" / "tracking.json"}
     fault = fail_once(member=1, epoch=1)
-    train_state = train_ensemble(params, TrainPaths(root=root, history=root / "history", checkpoints=root / "ckpt",
+    train_state = run_train_flow(params, TrainPaths(root=root, history=root / "history", checkpoints=root / "ckpt",
                                                     **common), on_epoch=fault, return_state=True)
-    metrics = evaluate_ensemble(params, EvalPaths(reports=root / "reports", metrics=root / "metrics.json", **common))
+    metrics = evaluate_ensemble_flow(params, EvalPaths(reports=root / "reports", metrics=root / "metrics.json",
+                                                       **common))
     return {"root": root, "train_state": train_state, "metrics": metrics, "fault": fault,
             "shards": data_dirs / "shards"}
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_data, tiny_params, train_command
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.training.checkpoint import load_checkpoint
+from tests.tiny import build_tiny_data, tiny_params, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt, Linux")
 
 _WHERE = """
 import torch
-from alexnet.heap import keep_freed_memory
+from alexnet.training.heap import keep_freed_memory
 
 def in_heap(tensor):
     ptr = tensor.data_ptr()

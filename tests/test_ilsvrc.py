@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from alexnet import ilsvrc
-from alexnet.config import DataParams, PreprocessParams
-from alexnet.layout import CLASSES_FILE, INDEX_FILE, MANIFEST_FILE, MEAN_FILE, PCA_FILE, QUALITY_REPORT_FILE
-from alexnet.prepare import prepare
-from alexnet.preprocess import preprocess
+from alexnet.config.sections import DataParams, PreprocessParams
+from alexnet.core.layout import CLASSES_FILE, INDEX_FILE, MANIFEST_FILE, MEAN_FILE, PCA_FILE, QUALITY_REPORT_FILE
+from alexnet.data import ilsvrc
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import preprocess
 
 # Not in sorted order in the devkit, as in the real meta.mat (IDs follow another order than wnids).
 SYNSETS = [  # ILSVRC2012_ID, WNID, words, num_children

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.imageops import central_square_patch, load_patch, resize_center_crop
+from alexnet.data.imageops import central_square_patch, load_patch, resize_center_crop
 
 S = 64
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from augment_ref import center_crop
 
-from alexnet.batches import epoch_permutation, eval_keys, train_keys
-from alexnet.config import AugmentParams, DataParams, PreprocessParams, SyntheticParams
-from alexnet.loader import EvalLoader, TrainLoader
-from alexnet.prepare import prepare
-from alexnet.preprocess import preprocess
-from alexnet.shards import ShardSet, load_stats
-from alexnet.shm import CropRing
+from alexnet.config.sections import AugmentParams, DataParams, PreprocessParams, SyntheticParams
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import preprocess
+from alexnet.data.shards import ShardSet, load_stats
+from alexnet.loading.batches import epoch_permutation, eval_keys, train_keys
+from alexnet.loading.loader import EvalLoader, TrainLoader
+from alexnet.loading.shm import CropRing
 from tests.procs import alive, children
 
 S, CROP = 32, 16
@@ -210,8 +210,8 @@ def test_batch_keys_are_pure_and_cover_an_epoch_once():
 
 CHILD = """
 import sys
-from alexnet.config import AugmentParams
-from alexnet.loader import TrainLoader
+from alexnet.config.sections import AugmentParams
+from alexnet.loading.loader import TrainLoader
 loader = TrainLoader(sys.argv[1], batch_size=8, crop_size=16, seed=3, augment=AugmentParams(), workers=1)
 batches = loader.epoch(0)
 next(batches)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.lrn import (
+from alexnet.model.lrn import (
     LocalResponseNorm,
     local_response_norm,
     reference_local_response_norm,
     windowed_local_response_norm,
 )
-from alexnet.lrn_cpu import cpu_local_response_norm
+from alexnet.model.lrn_cpu import cpu_local_response_norm
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 

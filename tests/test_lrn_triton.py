@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 triton = pytest.importorskip("triton", reason="Triton is not installed: the fused GPU LRN is not built here")
 
-from alexnet.lrn_triton import triton_available, triton_local_response_norm  # noqa: E402
+from alexnet.model.lrn_triton import triton_available, triton_local_response_norm  # noqa: E402
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -112,8 +112,8 @@ def test_float32_forward_and_gradient_match_the_formula(device, shape, groups, r
 
 def test_same_layer_as_the_models_cpu_path(monkeypatch):
     """The model's call (conv1's towers: 96 channels in 2 groups, fused ReLU, channels_last) gives
-    what alexnet.lrn's CPU layer gives, forward and gradient: the two are one layer."""
-    from alexnet.lrn import local_response_norm
+    what alexnet.model.lrn's CPU layer gives, forward and gradient: the two are one layer."""
+    from alexnet.model.lrn import local_response_norm
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = activations((2, 96, 5, 7))
@@ -215,7 +215,7 @@ def test_interpreter_mode_is_read_when_called(tmp_path):
     script = tmp_path / "late_env.py"
     script.write_text(
         "import os, torch, triton\n"
-        "from alexnet.lrn_triton import triton_available, triton_local_response_norm\n"
+        "from alexnet.model.lrn_triton import triton_available, triton_local_response_norm\n"
         "x = torch.randn(2, 7, 3, 5, dtype=torch.float64)\n"
         "assert not triton_available(x)\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
@@ -239,7 +239,7 @@ def test_kernels_compile_for_hopper_without_spills(dtype, tmp_path):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from alexnet import lrn_triton
+    from alexnet.model import lrn_triton
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not cuobjdump.exists():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alexnet.metrics import (
+from alexnet.training.metrics import (
     average_probs,
     confusion_matrix,
     mean_softmax,

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.config import ModelParams
-from alexnet.model import AlexNet, autocast, build_model, pooled_size
+from alexnet.config.sections import ModelParams
+from alexnet.model.network import AlexNet, autocast, build_model, pooled_size
 
 SMALL = dict(num_classes=5, crop_size=67, init="kaiming")  # pool5 is 1x1: quick forward passes
 
@@ -79,7 +79,7 @@ def test_print_shows_figure_2s_layers_in_order():
     assert "(relu_norm1): LocalResponseNorm(relu=True, size=5, alpha=0.0001, beta=0.75, k=2.0, groups=2" in text
     assert "(pool1): MaxPool2d(kernel_size=3, stride=2" in text and "(drop6): Dropout(p=0.5" in text
     assert "(conv3): TowerConv2d(\n    connects=both" in text
-    assert "(relu_norm1): ReLU()" in repr(on_meta(num_classes=1000, lrn=False))
+    assert "(relu_norm1): ReLU()" in repr(on_meta(num_classes=1000, norm="none"))
     assert "(pool5): MaxPool2d(kernel_size=2, stride=2" in repr(on_meta(pooling="non_overlapping"))
 
 
@@ -215,7 +215,7 @@ def test_fast_lrn_equals_torch_lrn_in_the_model(model):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(towers=1), dict(lrn=False), dict(pooling="non_overlapping"), dict(channels_last=False)]
+    "options", [dict(towers=1), dict(norm="none"), dict(pooling="non_overlapping"), dict(channels_last=False)]
 )
 def test_options_run(options):
     with torch.no_grad():

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.augment import draw_train
-from alexnet.config import AugmentParams, ModelParams, ParamsError, parse_params
-from alexnet.lrn import LocalResponseNorm
-from alexnet.model import AlexNet, build_model
+from alexnet.config.params import ParamsError, parse_params
+from alexnet.config.sections import AugmentParams, ModelParams
+from alexnet.loading.augment import draw_train
+from alexnet.model.lrn import LocalResponseNorm
+from alexnet.model.network import AlexNet, build_model
 
 SMALL = dict(num_classes=5, crop_size=67, init="kaiming")  # pool5 is 1x1: quick forward passes
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -36,7 +37,7 @@ def kernels(model: AlexNet) -> list[int]:
 
 def test_the_papers_switches_are_the_defaults():
     cfg = ModelParams()
-    assert (cfg.activation, cfg.normalisation, cfg.layout) == ("relu", "lrn", "two_towers")
+    assert (cfg.arch, cfg.activation, cfg.norm, cfg.layout) == ("alexnet", "relu", "lrn", "two_towers")
     assert AugmentParams().random_crop is True
 
 
@@ -52,10 +53,16 @@ def test_naming_the_default_switches_builds_the_same_weights(explicit):
     assert str(default) == str(named)
 
 
-def test_lrn_false_is_norm_none():
-    assert str(on_meta(**SMALL, lrn=False)) == str(on_meta(**SMALL, norm="none"))
-    assert ModelParams(lrn=False).normalisation == "none"
-    assert not any(isinstance(m, LocalResponseNorm) for m in on_meta(**SMALL, norm="none").modules())
+def test_norm_none_has_no_normalisation():
+    assert not any(isinstance(m, (LocalResponseNorm, nn.BatchNorm2d)) for m in on_meta(**SMALL, norm="none").modules())
+
+
+@pytest.mark.parametrize(("old", "instead"), [(True, "norm: lrn"), (False, "norm: none"), ("yes", "norm: lrn or")])
+def test_the_retired_lrn_switch_says_what_to_write_instead(old, instead):
+    with pytest.raises(ParamsError) as err:
+        parse_params({"model": {"lrn": old}})
+    assert f"lrn: {old} is retired; write {instead}" in str(err.value)
+    assert len(str(err.value).splitlines()) == 2  # the file's name, then one line for the key
 
 
 def test_one_tower_half_is_the_papers_baseline():
@@ -121,9 +128,25 @@ def test_batchnorm_refuses_two_devices():
         AlexNet(**SMALL, norm="batchnorm").place(["cpu", "cpu"])
 
 
-def test_lrn_false_with_another_norm_is_refused():
-    with pytest.raises(ParamsError, match="lrn: false contradicts norm: batchnorm"):
-        parse_params({"model": {"lrn": False, "norm": "batchnorm"}})
+def test_batchnorm_every_conv_sits_after_each_convolution_before_its_nonlinearity():
+    model = on_meta(**SMALL, norm="batchnorm_every_conv")
+    bns = [(name, m.num_features) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns == [("relu_norm1.0", 96), ("relu_norm2.0", 256), ("relu3.0", 384), ("relu4.0", 384), ("relu5.0", 256)]
+    assert isinstance(model.relu3[1], nn.ReLU) and "LocalResponseNorm" not in str(model)
+    x = torch.randn(4, 3, 67, 67)
+    real = AlexNet(**SMALL, norm="batchnorm_every_conv").train()
+    assert real(x).shape == (4, SMALL["num_classes"])
+
+
+def test_figure1_network_has_four_layers_and_is_checked():
+    cfg = parse_params({"model": {"arch": "figure1_cnn", "towers": 1, "norm": "none", "dropout": 0.0,
+                                  "crop_size": 32, "activation": "tanh"}, "preprocess": {"stored_size": 32}}).model
+    model = build_model(cfg, 10)
+    assert [type(m).__name__ for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] == \
+        ["Conv2d", "Conv2d", "Conv2d", "Linear"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10) and "Tanh" in str(model)
+    with pytest.raises(ParamsError, match="figure1_cnn is one tower"):
+        parse_params({"model": {"arch": "figure1_cnn"}})
 
 
 def test_build_model_passes_the_switches():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from alexnet.config import TrainParams
-from alexnet.optim import PaperSGD, PlateauSchedule, make_optimizer, set_lr
+from alexnet.config.sections import TrainParams
+from alexnet.training.optim import PaperSGD, PlateauSchedule, make_optimizer, set_lr
 
 
 def _run(opt_factory, lrs, seed=0):

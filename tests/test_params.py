@@ -1,10 +1,10 @@
-"""alexnet/config.py: bad params fail before any work, with a message naming the key."""
+"""alexnet/config/params.py: bad params fail before any work, with a message naming the key."""
 
 from pathlib import Path
 
 import pytest
 
-from alexnet.config import ParamsError, load_params, parse_params
+from alexnet.config.params import ParamsError, load_params, parse_params
 
 
 def error_of(raw) -> str:

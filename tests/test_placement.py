@@ -1,12 +1,11 @@
-"""Device groups for members and replicas (alexnet/placement.py): pure functions, no devices needed."""
+"""Device groups for members and replicas (alexnet/training/placement.py): pure functions, no devices needed."""
 
 from __future__ import annotations
 
 import pytest
 
-from alexnet.placement import (
+from alexnet.training.placement import (
     check_replicas_fit,
-    cuda_visible_devices,
     device_groups,
     local_devices_from_ray,
     member_groups,
@@ -64,12 +63,6 @@ def test_members_times_replicas_share_the_pool():
 def test_a_member_larger_than_the_pool_names_replicas():
     with pytest.raises(ValueError, match=r"ensemble\.devices: 4 device\(s\) cannot hold one member: train\.replicas=3"):
         member_groups(EIGHT_GPUS[:4], replicas=3, devices_per_replica=2)
-
-
-def test_cuda_visible_devices_of_a_group():
-    assert cuda_visible_devices(("cuda:4", "cuda:5", "cuda:6", "cuda:7")) == "4,5,6,7"
-    assert cuda_visible_devices(("cuda:3", "cuda:3")) == "3"
-    assert cuda_visible_devices(("cpu", "cpu")) is None
 
 
 def test_rank_r_gets_gpus_2r_and_2r_plus_1():

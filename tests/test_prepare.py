@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alexnet.config import DataParams
-from alexnet.prepare import BadImageError, prepare
+from alexnet.config.sections import DataParams
+from alexnet.data.prepare import BadImageError, prepare
 from stages.prepare import main as prepare_main
 
 

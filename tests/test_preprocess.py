@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import alexnet.preprocess as stage
-from alexnet.config import ParamsError, PreprocessParams, parse_params
-from alexnet.layout import MANIFEST_FILE as MANIFEST
-from alexnet.shards import ShardsError, ShardSet, data_version
+from alexnet.config.params import ParamsError, parse_params
+from alexnet.config.sections import PreprocessParams
+from alexnet.core.layout import MANIFEST_FILE as MANIFEST
+from alexnet.data import preprocess as stage
+from alexnet.data.shards import ShardsError, ShardSet, data_version
 from stages.preprocess import main as preprocess_main
 
 S = 32
@@ -128,8 +129,8 @@ def test_injected_failure_leaves_nothing_complete_and_rerun_finishes(tiny_prepar
 KILLABLE = """
 import os, sys, threading
 from pathlib import Path
-import alexnet.preprocess as stage
-from alexnet.config import PreprocessParams
+from alexnet.data import preprocess as stage
+from alexnet.config.sections import PreprocessParams
 real, out, held = stage.load_patch, Path(sys.argv[2]), Path(sys.argv[3])
 def gated(path, size, resize, *limit):
     if any(out.glob("*.done.json")):

@@ -8,7 +8,6 @@ threads runner, and compare the weights tensor by tensor; no Ray process may out
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +18,12 @@ import psutil
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_data, tiny_params
 
-from alexnet.config import parse_params
-from alexnet.ensemble import TrainPaths, member_devices, members_at_once, ray_resources
+from alexnet.config.params import parse_params
+from alexnet.core.processes import free_port
+from alexnet.pipeline.paths import TrainPaths
+from alexnet.pipeline.placement import member_devices, members_at_once, ray_resources
+from tests.tiny import build_tiny_data, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EIGHT_GPUS = [f"cuda:{i}" for i in range(8)]
@@ -83,11 +84,11 @@ def one_line(err: BaseException) -> str:
 
 
 def test_a_pool_too_small_for_one_member_fails_before_any_work(tmp_path):
-    from flows.train_ensemble import train_ensemble
+    from flows.train_ensemble import run_train_flow
 
     params = ensemble_params(["cuda:0", "cuda:1"], ["cuda:0"], members=2)
     with pytest.raises(ValueError) as err:
-        train_ensemble(params, train_paths(tmp_path))
+        run_train_flow(params, train_paths(tmp_path))
     assert one_line(err.value).startswith("ensemble.devices:")
     assert "= 2" in str(err.value)
     assert list(tmp_path.iterdir()) == []  # no tracking store, no checkpoint, no model
@@ -113,22 +114,16 @@ def test_the_train_stage_names_a_too_small_pool_in_one_line(tmp_path):
     assert not (tmp_path / "models").exists() and not (tmp_path / "ckpt").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("address", [f"127.0.0.1:{free_port()}", f"ray://127.0.0.1:{free_port()}",
                                      "192.0.2.1:6379"],  # TEST-NET-1: nothing answers there
                          ids=["refused", "ray-client-refused", "unroutable"])
 def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path, address):
-    from flows.train_ensemble import train_ensemble
+    from flows.train_ensemble import run_train_flow
 
     params = ensemble_params(["cpu"], None, members=2, runner="ray", ray_address=address)
     start = time.monotonic()
     with pytest.raises(ValueError) as err:
-        train_ensemble(params, train_paths(tmp_path))
+        run_train_flow(params, train_paths(tmp_path))
     assert time.monotonic() - start < 15
     assert one_line(err.value).startswith(f"ensemble.ray_address: cannot reach {address} ("), err.value
     assert list(tmp_path.iterdir()) == []
@@ -179,15 +174,15 @@ def record_process(out: Path):
 
 def train_two_members(root: Path, data: Path, runner: str, concurrency: int) -> tuple[list[dict], set[int], set[int]]:
     """A 2-member ensemble's weights, the processes that trained it, the Ray daemons seen meanwhile."""
-    from alexnet.layout import MODEL_FILE, member_name
-    from flows.train_ensemble import train_ensemble
+    from alexnet.core.layout import MODEL_FILE, member_name
+    from flows.train_ensemble import run_train_flow
 
     raw = tiny_params(epochs=1)
     raw["ensemble"] = {"members": 2, "concurrency": concurrency, "runner": runner}
     raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": f"{runner}-{concurrency}"}
     (root / "seen").mkdir(parents=True)
     with watching(ray_daemons) as daemons:
-        train_ensemble(parse_params(raw), train_paths(root, data), on_epoch=record_process(root / "seen"))
+        run_train_flow(parse_params(raw), train_paths(root, data), on_epoch=record_process(root / "seen"))
     weights = [torch.load(root / "models" / member_name(i) / MODEL_FILE, weights_only=True)["model"] for i in range(2)]
     seen = sorted(p.name for p in (root / "seen").iterdir())
     assert {name.split(".")[0] for name in seen} == {"member-0", "member-1"}

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alexnet.config import PreprocessParams
-from alexnet.imageops import load_patch
-from alexnet.layout import MANIFEST_FILE as MANIFEST
-from alexnet.preprocess import preprocess
-from alexnet.shards import ShardsError, ShardSet, data_version, load_stats
+from alexnet.config.sections import PreprocessParams
+from alexnet.core.layout import MANIFEST_FILE as MANIFEST
+from alexnet.data.imageops import load_patch
+from alexnet.data.preprocess import preprocess
+from alexnet.data.shards import ShardsError, ShardSet, data_version, load_stats
 
 S = 32
 
@@ -100,7 +100,7 @@ def test_reader_refuses_missing_manifest_and_changed_shards(built, tmp_path):
 def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     import os
 
-    from alexnet.atomic import atomic_write_text
+    from alexnet.core.atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from alexnet.config import PreprocessParams
-from alexnet.preprocess import preprocess
-from alexnet.shards import ShardSet, load_stats
-from alexnet.stats import PixelSums, finish, rgb_outer_sum
+from alexnet.config.sections import PreprocessParams
+from alexnet.data.preprocess import preprocess
+from alexnet.data.shards import ShardSet, load_stats
+from alexnet.data.stats import PixelSums, finish, rgb_outer_sum
 
 
 def numpy_stats(images: np.ndarray):

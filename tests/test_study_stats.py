@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from alexnet.stats_ci import Interval, paired, t_interval, verdict
+from alexnet.study.stats import Interval, paired, t_interval, verdict
 
 
 def test_t_interval_of_a_known_sample():

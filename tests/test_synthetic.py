@@ -5,8 +5,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from alexnet.prepare import inspect_image
-from alexnet.synthetic import SHAPES, TEXTURES, generate, synthetic_classes
+from alexnet.data.prepare import inspect_image
+from alexnet.data.synthetic import SHAPES, TEXTURES, generate, synthetic_classes
 
 
 def digests(root: Path) -> dict[str, str]:

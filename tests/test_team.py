@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from pg import free_port, postgres_cluster
-from tiny import build_tiny_data, tiny_params
 
-from alexnet.config import parse_params
+from alexnet.config.params import parse_params
+from tests.tiny import build_tiny_data, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,8 +153,6 @@ def test_prefect_yaml_deployment_resolves_to_the_pipeline_flow():
     flow = load_flow_from_entrypoint(str(ROOT / deployment.entrypoint))
     assert flow.name == "pipeline"
     assert set(deployment.parameters) <= set(flow.parameters.properties)
-
-
 
 
 @pytest.mark.slow

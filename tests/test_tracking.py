@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,21 +19,20 @@ import torch
 from mlflow.entities import LoggedModelStatus
 from torch import nn
 
-from alexnet import model as alexnet_model
-from alexnet.config import ModelParams, Params, flatten
-from alexnet.registry import SoftmaxAverage, champion, log_ensemble, log_model, register
-from alexnet.tracking import (
+from alexnet.config.params import flatten
+from alexnet.config.sections import ModelParams, Params
+from alexnet.core.processes import free_port
+from alexnet.model import network as alexnet_model
+from alexnet.tracking.owners import PARENT_TAG
+from alexnet.tracking.registry import SoftmaxAverage, champion, log_ensemble, log_model, register
+from alexnet.tracking.runs import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
-    PARENT_TAG,
     Tracker,
-    TrackingUnavailable,
-    check_tracking,
     flatten_metrics,
-    local_artifact_root,
     provenance_tags,
-    resolve_tracking_uri,
 )
+from alexnet.tracking.store import TrackingUnavailable, check_tracking, local_artifact_root, resolve_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS = provenance_tags(source="stages/train.py", git_commit="abc123", data_version="d41d8cd9", dataset="synthetic",
@@ -48,12 +46,6 @@ METRICS = {  # evaluate.ensemble_report's layout
                 "m1": {"center": {"top1_err": 0.47, "top5_err": 0.13}}},
     "images": 500,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_net(seed: int, classes: int = 5) -> nn.Module:
@@ -252,7 +244,7 @@ def test_dead_server_mid_training_warns_once_and_does_not_raise(monkeypatch, cap
     with caplog.at_level(logging.WARNING, logger="alexnet.tracking"):
         for row in history(0.0):
             tracker.log_epoch("0123456789abcdef", row, step=int(row["epoch"]))
-    warnings = [r for r in caplog.records if r.name == "alexnet.tracking"]
+    warnings = [r for r in caplog.records if r.name == "alexnet.tracking.runs"]
     assert len(warnings) == 1
     assert uri in warnings[0].getMessage() and "log_history" in warnings[0].getMessage()
 

@@ -10,19 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import EPOCH_LINE, build_tiny_data, tiny_params, train_command
 
-from alexnet.checkpoint import load_checkpoint
-from alexnet.config import TrainParams, parse_params
-from alexnet.member import MemberPaths, run_key, train_member
-from alexnet.train import RunSpec, TrainData, fit
+from alexnet.config.params import parse_params
+from alexnet.config.sections import TrainParams
+from alexnet.training.checkpoint import load_checkpoint
+from alexnet.training.loop import RunSpec, TrainData, TrainingStopped, fit
+from alexnet.training.member import MemberPaths, run_key, train_member
+from alexnet.training.optim import StepSchedule, warmup_factor
+from tests.tiny import EPOCH_LINE, tiny_params, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("train-data"))
 
 
 def _dirs(data, out):
@@ -68,8 +65,8 @@ class _Epochs:
         self.batches = [(torch.randn(4, 3, 2, 2, generator=gen), torch.randint(0, 3, (4,), generator=gen))
                         for _ in range(3)]  # fmt: skip
 
-    def epoch(self, epoch):
-        return iter(self.batches[epoch % 3 :] + self.batches[: epoch % 3])
+    def epoch(self, epoch, start_batch=0):
+        return iter((self.batches[epoch % 3 :] + self.batches[: epoch % 3])[start_batch:])
 
     def __len__(self):
         return len(self.batches)
@@ -79,12 +76,13 @@ class _Stop(Exception):
     pass
 
 
-def _fit_small(checkpoint, epochs=6, on_epoch=None):
+def _fit_small(checkpoint, epochs=6, on_epoch=None, should_stop=None, **train):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 3))
     data = TrainData(train=_Epochs(1), val=_Epochs(2).batches)
-    train = TrainParams(epochs=epochs, lr=0.1, lr_patience=0, lr_drops=5)
-    history = fit(model, data, train, RunSpec(checkpoint, "cpu", "fp32", progress=False), on_epoch=on_epoch)
+    train = TrainParams(**{"epochs": epochs, "lr": 0.1, "lr_patience": 0, "lr_drops": 5, **train})
+    run = RunSpec(checkpoint, "cpu", "fp32", progress=False, should_stop=should_stop)
+    history = fit(model, data, train, run, on_epoch=on_epoch)
     return model.state_dict(), history
 
 
@@ -104,6 +102,47 @@ def test_fit_on_built_objects_resumes_exactly_after_a_crash(tmp_path):
     strip = [{k: v for k, v in row.items() if k != "images_per_s"} for row in whole_history]
     assert strip == [{k: v for k, v in row.items() if k != "images_per_s"} for row in resumed_history]
     assert len({row["lr"] for row in whole_history}) > 1  # the schedule dropped the rate on the way
+
+
+@pytest.mark.parametrize("train", [{}, {"schedule": "step", "lr_steps": (2, 4), "warmup_epochs": 3.0}],
+                         ids=["plateau", "step-with-warmup"])
+def test_a_stop_request_checkpoints_mid_epoch_and_the_rerun_ends_as_an_unbroken_run(tmp_path, train):
+    # A stop (SIGTERM, say) lands after batch 2 of epoch 3 (3 batches an epoch): the checkpoint holds the
+    # epoch in progress, so the rerun starts with batch 3 of epoch 3, with the same velocity, rates,
+    # dropout draws and running sums as the unbroken run: the same weights and the same history.
+    whole, whole_history = _fit_small(tmp_path / "whole.pt", **train)
+    steps = iter(range(100))
+    with pytest.raises(TrainingStopped, match="stopped at batch 2 of epoch 3") as stopped:
+        _fit_small(tmp_path / "stopped.pt", should_stop=lambda: next(steps) == 7, **train)
+    assert (stopped.value.epoch, stopped.value.batch) == (3, 2)
+    saved = load_checkpoint(tmp_path / "stopped.pt")
+    assert (saved["epoch"], saved["partial"]["batches"], len(saved["history"])) == (2, 2, 2)
+    resumed, resumed_history = _fit_small(tmp_path / "stopped.pt", **train)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    strip = [{k: v for k, v in row.items() if k != "images_per_s"} for row in whole_history]
+    assert strip == [{k: v for k, v in row.items() if k != "images_per_s"} for row in resumed_history]
+    if train:  # the stop lands inside the warm-up (9 steps); the step schedule's drops ran too
+        assert [row["lr"] for row in whole_history] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+        no_warmup, _ = _fit_small(tmp_path / "no-warmup.pt", **{**train, "warmup_epochs": 0.0})
+        assert not all(torch.equal(whole[k], no_warmup[k]) for k in whole)
+
+
+def test_val_every_skips_the_val_pass_but_not_the_last_and_changes_nothing_else(tmp_path):
+    step = {"schedule": "step", "lr_steps": (3,)}
+    every, every_history = _fit_small(tmp_path / "every.pt", **step)
+    third, third_history = _fit_small(tmp_path / "third.pt", val_every=4, **step)
+    assert all(torch.equal(every[k], third[k]) for k in every)
+    assert [("val_top1_err" in row) for row in third_history] == [False, False, False, True, False, True]
+    assert [row["train_loss"] for row in third_history] == [row["train_loss"] for row in every_history]
+    with pytest.raises(ValueError, match="val_every: 2 needs schedule: step"):
+        TrainParams(val_every=2)
+
+
+def test_a_warm_up_raises_the_rate_step_by_step_to_the_scheduled_one():
+    rates = [warmup_factor(step, 6) * 0.1 for step in range(8)]
+    assert rates == pytest.approx([0.1 * (i + 1) / 6 for i in range(6)] + [0.1, 0.1])
+    schedule = StepSchedule(0.1, factor=0.1, milestones=(2,))
+    assert [schedule.step(val_err=0.5) for _ in range(3)] == ["keep", "drop", "keep"] and schedule.lr == 0.1 * 0.1
 
 
 def _train_process(params_file, data, out, stdout=subprocess.DEVNULL):

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from alexnet.config import parse_params
+from alexnet.config.params import parse_params
 
 
 def tiny_params(**train) -> dict:
@@ -22,8 +22,8 @@ def tiny_params(**train) -> dict:
 
 def build_tiny_data(root: Path) -> Path:
     """Run the real prepare and preprocess library functions into root/prepared and root/shards."""
-    from alexnet.prepare import prepare
-    from alexnet.preprocess import preprocess
+    from alexnet.data.prepare import prepare
+    from alexnet.data.preprocess import preprocess
 
     params = parse_params(tiny_params())
     prepare(root / "prepared", params.data, workers=1, progress=False)
@@ -34,8 +34,8 @@ def build_tiny_data(root: Path) -> Path:
 _TRAIN_SCRIPT = """
 import sys, yaml
 from pathlib import Path
-from alexnet.config import parse_params
-from alexnet.member import train_member
+from alexnet.config.params import parse_params
+from alexnet.training.member import train_member
 raw, data, out = yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
 fail_after, fired = int(sys.argv[4]), out / "fault-fired"
 

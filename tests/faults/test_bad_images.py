@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alexnet.config import DataParams, PreprocessParams, parse_params
-from alexnet.layout import DATASET_FILE, INDEX_FILE, MANIFEST_FILE, QUALITY_REPORT_FILE
-from alexnet.prepare import BadImageError, prepare
-from alexnet.preprocess import preprocess
+from alexnet.config.params import parse_params
+from alexnet.config.sections import DataParams, PreprocessParams
+from alexnet.core.layout import DATASET_FILE, INDEX_FILE, MANIFEST_FILE, QUALITY_REPORT_FILE
+from alexnet.data.prepare import BadImageError, prepare
+from alexnet.data.preprocess import preprocess
 from stages.prepare import main as prepare_main
 
 PILLOW_DEFAULT_LIMIT = Image.MAX_IMAGE_PIXELS
@@ -178,7 +179,7 @@ def test_a_file_that_cannot_be_read_when_decoded_is_a_report_row(tmp_path):
     # Found, then unreadable in the decode check: deleted meanwhile, not readable by the user
     # (root, running the tests, reads anything: a missing file stands for it), or a tar member
     # whose bytes lie past the end of a truncated archive. Each used to be a worker's traceback.
-    from alexnet.prepare import _inspect
+    from alexnet.data.prepare import _inspect
 
     tar = tmp_path / "short.tar"
     tar.write_bytes(b"\0" * 100)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alexnet.config import DataParams
-from alexnet.layout import CLASSES_FILE, DATASET_FILE, IGNORED_FILE, INDEX_FILE, QUALITY_REPORT_FILE
-from alexnet.prepare import prepare
+from alexnet.config.sections import DataParams
+from alexnet.core.layout import CLASSES_FILE, DATASET_FILE, IGNORED_FILE, INDEX_FILE, QUALITY_REPORT_FILE
+from alexnet.data.prepare import prepare
 
 
 def png_bytes(size=(24, 16)) -> bytes:
@@ -121,7 +121,7 @@ def test_an_empty_per_class_tar_of_the_release_is_refused_by_name(tmp_path):
     import numpy as np
     from test_ilsvrc import ID_OF, WNIDS, jpeg, tar_bytes, write_devkit
 
-    from alexnet import ilsvrc
+    from alexnet.data import ilsvrc
 
     rng = np.random.default_rng(0)
     root = tmp_path / "release"
@@ -139,7 +139,7 @@ def test_os_artifacts_and_odd_names_inside_the_release_tars(tmp_path):
     import numpy as np
     from test_ilsvrc import ID_OF, WNIDS, jpeg, tar_bytes, write_devkit
 
-    from alexnet import ilsvrc
+    from alexnet.data import ilsvrc
 
     rng = np.random.default_rng(0)
     junk = b"\x00\x05\x16\x07AppleDouble"

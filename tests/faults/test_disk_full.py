@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from alexnet.atomic import DiskFullError
-from alexnet.checkpoint import load_checkpoint, save_checkpoint
-from alexnet.config import parse_params
-from tests.tiny import build_tiny_data, tiny_params
+from alexnet.config.params import parse_params
+from alexnet.core.atomic import DiskFullError
+from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.tiny import tiny_params
 
 
 def _mount(folder: Path, size: str) -> Path:
@@ -31,11 +31,6 @@ def small_disk(tmp_path):
     folder = _mount(tmp_path / "full", "1m")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def test_checkpoint_save_on_a_full_disk_names_the_path_and_keeps_the_old_one(small_disk):
@@ -69,8 +64,8 @@ def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.testing.utilities import prefect_test_harness
 
-    from alexnet.ensemble import TrainPaths
-    from flows.train_ensemble import train_ensemble
+    from alexnet.pipeline.paths import TrainPaths
+    from flows.train_ensemble import run_train_flow
 
     raw = tiny_params(epochs=1)
     raw["ensemble"] = {"members": 1, "retries": 2}
@@ -79,11 +74,11 @@ def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp
                        history=tmp_path / "history", checkpoints=small_disk / "ckpt",
                        tracking_state=tmp_path / "models" / "tracking.json")
     with prefect_test_harness(server_startup_timeout=180):
-        state = train_ensemble(parse_params(raw), paths, return_state=True)
+        state = run_train_flow(parse_params(raw), paths, return_state=True)
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     err = state.result(raise_on_failure=False)
     assert isinstance(err, DiskFullError) and str(err).startswith(f"{small_disk / 'ckpt'}/member-0-")
     # With retries: 2, a retried full disk would have run the member's task three times.
-    assert [(r.name, r.run_count) for r in runs] == [("train-member-0", 1)]
+    assert [(r.name, r.run_count) for r in runs if r.name.startswith("train-member")] == [("train-member-0", 1)]

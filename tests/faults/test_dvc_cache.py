@@ -122,9 +122,9 @@ def test_verify_finds_and_heals_a_cache_poisoned_through_a_hardlink(tmp_path):
 
 
 def test_verify_names_a_shard_that_differs_from_its_manifest(tmp_path, tiny_prepared):
-    from alexnet.config import PreprocessParams
-    from alexnet.layout import MANIFEST_FILE, MEAN_FILE
-    from alexnet.preprocess import preprocess
+    from alexnet.config.sections import PreprocessParams
+    from alexnet.core.layout import MANIFEST_FILE, MEAN_FILE
+    from alexnet.data.preprocess import preprocess
 
     shards = tmp_path / "data" / "shards"
     preprocess(tiny_prepared, shards, PreprocessParams(stored_size=40, shard_size=8, workers=1), progress=False)

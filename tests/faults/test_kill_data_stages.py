@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alexnet.layout import DATASET_FILE, IMAGES_DIR, MANIFEST_FILE
+from alexnet.core.layout import DATASET_FILE, IMAGES_DIR, MANIFEST_FILE
 from tests.procs import stat_fields
 
 pytestmark = pytest.mark.slow  # each test starts several stage processes

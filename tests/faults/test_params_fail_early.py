@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alexnet.config import ParamsError, load_params, parse_params
-from alexnet.preflight import check_dataset, check_runtime
+from alexnet.config.params import ParamsError, load_params, parse_params
+from alexnet.pipeline.preflight import check_dataset, check_runtime
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def test_crop_too_small_to_pool_names_the_key_and_the_minimum(pooling, minimum):
 
 
 def test_minimum_crop_is_the_smallest_the_model_builds_with():
-    from alexnet.model import pooled_size
+    from alexnet.model.network import pooled_size
 
     with pytest.raises(ValueError):
         pooled_size(62, "overlapping")

@@ -15,8 +15,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexnet.config import Params, ParamsError, load_params
-from alexnet.paramsfile import read_params_file
+from alexnet.config.file import read_params_file
+from alexnet.config.params import ParamsError, load_params
+from alexnet.config.sections import Params
 
 PROJECT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = read_params_file(PROJECT / "params.yaml")

@@ -15,25 +15,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from alexnet.config import parse_params
-from alexnet.ensemble import (
-    EvalPaths,
-    TrainPaths,
-    finish_ensemble_tracking,
-    log_evaluation,
-    member_models,
-    start_ensemble_tracking,
-    train_logged_member,
-    write_reports,
-)
-from alexnet.member import predict_member
-from alexnet.tracking import Tracker, TrackingUnavailable
-from tests.tiny import build_tiny_data, tiny_params
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
+from alexnet.config.params import parse_params
+from alexnet.evaluation.members import predict_member
+from alexnet.pipeline.evaluate import log_evaluation, member_models, write_reports
+from alexnet.pipeline.paths import EvalPaths, TrainPaths
+from alexnet.pipeline.train import finish_ensemble_tracking, start_ensemble_tracking, train_logged_member
+from alexnet.tracking.runs import Tracker
+from alexnet.tracking.store import TrackingUnavailable
+from tests.tiny import tiny_params
 
 
 def paths_in(root: Path, data: Path) -> TrainPaths:
@@ -75,7 +64,7 @@ def test_a_locked_database_stops_training_before_it_starts_naming_the_store(data
 
 @pytest.mark.slow
 def test_a_lock_during_training_warns_and_the_member_finishes_then_sync_relogs_once(data, tmp_path, caplog):
-    from alexnet.tracking_sync import main as tracking_main
+    from alexnet.tracking.__main__ import main as tracking_main
 
     root = tmp_path / "project"
     params, paths = params_of(2, "outage"), paths_in(root, data)
@@ -116,7 +105,7 @@ def test_a_lock_during_training_warns_and_the_member_finishes_then_sync_relogs_o
 
 _KILLED_STAGE = """
 import os, signal, sys
-from alexnet.tracking import Tracker
+from alexnet.tracking.runs import Tracker
 tracker = Tracker(sys.argv[1], "killed")
 parent = tracker.start_parent("ensemble-1", params={}, tags={})
 member = tracker.start_member(parent, "member-0", params={}, tags={})

@@ -8,15 +8,11 @@ import pytest
 import torch
 import yaml
 
-from alexnet.checkpoint import IntegrityError, load_checkpoint, save_checkpoint, sidecar
-from alexnet.config import parse_params
-from alexnet.member import load_member, train_member
-from tests.tiny import build_tiny_data, tiny_params
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
+from alexnet.config.params import parse_params
+from alexnet.evaluation.members import load_member
+from alexnet.training.checkpoint import IntegrityError, load_checkpoint, save_checkpoint, sidecar
+from alexnet.training.member import train_member
+from tests.tiny import tiny_params
 
 
 def _train(data: Path, out: Path) -> dict:
@@ -120,7 +116,7 @@ def test_a_kill_between_a_checkpoint_and_its_sidecar_falls_back_to_the_previous(
     assert load_checkpoint(path.with_name("c.pt.prev"))["epoch"] == 1
     # As if killed after the new file took the name and before its sha256 was recorded:
     sidecar(path).write_text(sidecar(path.with_name("c.pt.prev")).read_text())
-    from alexnet.checkpoint import load_resumable
+    from alexnet.training.checkpoint import load_resumable
 
     assert load_resumable(path)["epoch"] == 1
 

@@ -1,0 +1,1 @@
+"""params.yaml read once into typed, frozen sections that reject unknown keys and impossible values."""

@@ -1,0 +1,1 @@
+"""A team's servers: MLflow and Prefect on one PostgreSQL, started, checked and stopped together."""
