@@ -1,34 +1,39 @@
-"""`python -m alexnet.report`: a study's REPORT.md again from its outputs (alexnet/study/report.py).
+"""`python -m alexnet.report`: a study's REPORT.md, summary.json, table.md and plots from its runs' files.
 
-    python -m alexnet.report --study reports/study [--params params.yaml | --study-file params/study.yaml]
+    python -m alexnet.report --study params/study-imagenette.yaml --runs reports/study-imagenette/runs \
+        [--study params/study-figure1.yaml --runs reports/study-imagenette/figure1] --out reports/study-imagenette
+
+What a study's report stage runs (stages/study_report.py). It reads only what the runs stages wrote
+and the study files, which fixed the design before the runs: an edit to the report code re-renders
+the report and retrains nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from alexnet.config.params import load_params
-from alexnet.core.cli import exit_code
-from alexnet.study.report import write_report
-from alexnet.study.spec import load_study, variant_params
+from alexnet.core.cli import exit_code, library_logs
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="reports/study", help="the study's report folder (summary.json)")
-    ap.add_argument("--params", default=None, help="a params file: also count the study model's own costs")
-    ap.add_argument("--study-file", default=None, help="or the study file: its figures variant's model, as the "
-                    "study stage counts it")
+    ap.add_argument("--study", action="append", required=True, help="a study file (repeat, with its --runs)")
+    ap.add_argument("--runs", action="append", required=True, help="that study's runs folder")
+    ap.add_argument("--out", required=True, help="output: REPORT.md, summary.json, table.md, plots")
     args = ap.parse_args(argv)
+    library_logs()
 
     def work() -> None:
-        params = load_params(args.params) if args.params else None
-        if args.study_file:
-            spec = load_study(args.study_file)
-            params = variant_params(spec, spec.figures_variant, spec.seeds[0])
-        print(f"report: wrote {write_report(Path(args.study), params)}")
+        from alexnet.study.report import write_report
+        from alexnet.study.spec import load_study
+
+        if len(args.study) != len(args.runs):
+            raise ValueError(f"{len(args.study)} --study but {len(args.runs)} --runs: give one runs folder per study")
+        pairs = [(load_study(s), Path(r)) for s, r in zip(args.study, args.runs)]
+        print(f"report: wrote {write_report(pairs, Path(args.out))}")
 
     return exit_code("report", work)
 

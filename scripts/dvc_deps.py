@@ -44,9 +44,10 @@ ROOT_TYPE = "Params"
 
 # Params that decide how the work is scheduled, never what an output holds: reading them does not
 # make a stage depend on them (a change must not rerun hours of training).
-# Where the members run is one of them: a member's weights do not depend on its devices' group or runner.
+# Where the members run is one of them: a member's weights do not depend on its devices' group or runner;
+# so is where their runs are logged (tracking.uri).
 RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers", "ensemble.devices",
-                           "ensemble.runner", "ensemble.ray_address"})
+                           "ensemble.runner", "ensemble.ray_address", "tracking.uri"})
 
 
 def params_schema(root: Path = ROOT) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:

@@ -1,11 +1,12 @@
-"""Stage study (study/dvc.yaml, not part of the default `dvc repro`): the paper's claims as a study.
+"""Stage study-runs (a study's dvc.yaml, not part of the default `dvc repro`): every run of a study file.
 
-    dvc repro study/dvc.yaml
-    python -m stages.study --study params/study.yaml --work study/work --out reports/study
+    python -m stages.study --study params/study-imagenette.yaml --work study/work-imagenette \
+        --out reports/study-imagenette/runs
 
-Trains every (variant, seed) of the study file through flows/study.py (retried tasks resume from
-their checkpoints under --work), then writes the table, Figure 1, Figures 3 and 4 and REPORT.md
-into --out. The study file names its base params file; the default pipeline is left alone.
+Tunes, pilots, trains and measures every (variant, seed) of the study file through flows/study.py
+(retried tasks resume from their checkpoints under --work; finished runs are read back), and writes
+the runs' files into --out: results.csv, the histories, tuning.csv, pilot.json, the figures and
+regime.json. The report is its own stage (stages/study_report.py), so editing it retrains nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from alexnet.core.cli import exit_code, library_logs
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="params/study.yaml", help="the study file")
+    ap.add_argument("--study", required=True, help="the study file")
     ap.add_argument("--work", required=True, help="data, checkpoints and models of the runs (kept: resumes)")
-    ap.add_argument("--out", required=True, help="output: the table, plots, figures and REPORT.md")
+    ap.add_argument("--out", required=True, help="output: the runs' files")
     args = ap.parse_args(argv)
     library_logs()
 

@@ -1,19 +1,26 @@
-"""The study of issue 14: the study file, the table maths, and the flow end to end on tiny data.
+"""The study: the study file, the training rule, the claims' table on hand-made results, and the runs end to end.
 
-The end-to-end test (slow) runs 2 variants x 2 seeds through flows/study.py against Prefect's
-test server and a temporary MLflow SQLite store, one run failing once after its first epoch.
+The end-to-end tests (slow) run a tiny study on a synthetic folder tree through flows/study.py against
+Prefect's test server and a temporary MLflow SQLite store: a tuned variant, a pilot, one run failing
+once after its first epoch (retried, resumed), one whose loss becomes non-finite (a row that says so).
 """
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
 from alexnet.config.params import ParamsError
-from alexnet.study.spec import StudySpec, epochs_to_reach, figure1, load_study, summarise, variant_params
+from alexnet.study.spec import Design, StudySpec, load_study, seeds_of, variant_params
+from alexnet.study.stats import DID_NOT_TRAIN, EXCLUDED, INCONCLUSIVE, SHOWN
+from alexnet.study.table import claim_rows, did_not_train, epochs_to_reach, figure1, summarise
 from tests.tiny import tiny_params
+
+ROOT = Path(__file__).resolve().parents[1]
+V1_RESULTS = Path(__file__).parent / "data" / "study-v1-results.csv"
 
 
 def write_study(tmp_path: Path, **spec) -> Path:
@@ -24,76 +31,155 @@ def write_study(tmp_path: Path, **spec) -> Path:
     return path
 
 
-def test_variants_are_overrides_of_the_base_with_the_seed(tmp_path):
+def test_variants_are_params_over_the_base_with_their_seeds_and_tuned_values(tmp_path):
     spec = load_study(write_study(tmp_path, seeds=[3, 4], overrides={"train": {"epochs": 1}},
-                                  variants={"baseline": {}, "tanh": {"model": {"activation": "tanh"}}}))
-    p = variant_params(spec, "tanh", 4)
-    assert (p.model.activation, p.train.seed, p.train.epochs, p.ensemble.members) == ("tanh", 4, 1, 1)
-    assert p.model.crop_size == 64  # from the base
-    assert variant_params(spec, "baseline", 3).model.activation == "relu"
+                                  heldout_per_class=1, variants={
+                                      "baseline": {}, "tanh": {"params": {"model": {"activation": "tanh"}}, "seeds": 2},
+                                      "bn": {"params": {"model": {"norm": "batchnorm"}},
+                                             "tune": {"train.lr": [0.01, 0.1]}}}))
+    p = variant_params(spec, "tanh", 1, tuned={"train.lr": 0.05})
+    assert (p.model.activation, p.train.seed, p.train.epochs, p.train.lr, p.ensemble.members) == ("tanh", 1, 1, 0.05, 1)
+    assert seeds_of(spec, "tanh") == [0, 1] and seeds_of(spec, "baseline") == [3, 4]
+    assert variant_params(spec, "baseline", 3).model.crop_size == 64  # from the base
 
 
 @pytest.mark.parametrize("spec,message", [
     ({"variants": {"tanh": {}}}, "no 'baseline'"),
-    ({"variants": {"baseline": {}, "x": {"data": {"source": "folder"}}}}, "variants.x: changes data"),
-    ({"seeds": [1, 1]}, "seeds repeat"),
+    ({"variants": {"baseline": {}, "x": {"params": {"data": {"source": "folder"}}}}}, "variants.x: changes data"),
+    ({"variants": {"baseline": {}, "x": {"tune": {"train.lr": [0.1, 1]}}}}, "needs heldout_per_class"),
+    ({"claims": [{"variant": "no_lrn", "section": "§3.3", "says": "x", "effect": 0.01}]}, "not variants"),
     ({"colour": 1}, "colour"),
-    ({"variants": {"baseline": {}, "bad": {"model": {"norm": "layer"}}}}, "(?s)variants.bad .*model.norm"),
+    ({"variants": {"baseline": {}, "bad": {"params": {"model": {"norm": "layer"}}}}}, "(?s)variants.bad .*model.norm"),
 ])
 def test_a_bad_study_file_fails_naming_the_key(tmp_path, spec, message):
     with pytest.raises(ParamsError, match=message):
         load_study(write_study(tmp_path, **spec))
 
 
-def test_summary_pairs_each_variant_with_the_baseline_seed_by_seed():
-    rows = [{"variant": v, "seed": s, "center_top1_err": e, "center_top5_err": e / 2, "ten_crop_top1_err": e,
-             "ten_crop_top5_err": e / 2, "train_top1_err": e - 0.1, "train_minus_val": -0.1}
-            for v, d in (("baseline", 0.0), ("no_lrn", 0.02)) for s, e in ((0, 0.40 + d), (1, 0.50 + d), (2, 0.45 + d))]
-    table = summarise(rows, ["baseline", "no_lrn"])
-    diff = table["no_lrn"]["center_top1_err_vs_baseline"]
-    assert diff["mean"] == pytest.approx(0.02) and diff["half_width"] == pytest.approx(0.0, abs=1e-12)
-    assert table["no_lrn"]["center_top1_err"]["half_width"] > 0.1  # seeds vary, the paired difference does not
-    assert "center_top1_err_vs_baseline" not in table["baseline"]
+def test_the_shipped_study_files_are_valid_and_pre_register_their_design():
+    spec = load_study(ROOT / "params/study-imagenette.yaml")
+    assert {c.variant for c in spec.claims} == set(spec.variants) - {"baseline"}
+    assert len(seeds_of(spec, "one_tower")) >= 12 and len(seeds_of(spec, "batchnorm")) >= 5
+    assert spec.variants["batchnorm"].tune and spec.heldout_per_class > 0
+    params = variant_params(spec, "non_overlapping_pool", 0)
+    from alexnet.core.geometry import pooled_size
+
+    # both poolings leave pool5 the same size: fc6 has the same inputs in both
+    assert pooled_size(params.model.crop_size, "overlapping") == pooled_size(params.model.crop_size, "non_overlapping")
+    assert params.train.schedule == "step" and params.train.precision != "auto"
+    fig1 = load_study(ROOT / "params/study-figure1.yaml")
+    assert fig1.design.figure1.target_train_err == 0.25 and len(fig1.seeds) >= 6
+    assert variant_params(fig1, "tanh", 0).model.arch == "figure1_cnn"
+    assert load_study(ROOT / "params/study.yaml").claims
 
 
-def test_figure1_counts_epochs_to_the_target_and_their_ratio():
-    assert epochs_to_reach([0.9, 0.5, 0.24, 0.1], 0.25) == 3
-    assert epochs_to_reach([0.9, 0.5], 0.25) is None
-    hist = {("baseline", 0): [0.5, 0.2], ("tanh", 0): [0.9, 0.8, 0.6, 0.5, 0.3, 0.2],
-            ("baseline", 1): [0.5, 0.3, 0.2], ("tanh", 1): [0.9, 0.8, 0.7, 0.5, 0.4, 0.2]}
-    fig = figure1(hist, 0.25)
-    assert fig["epochs"] == {"baseline/seed-0": 2, "baseline/seed-1": 3, "tanh/seed-0": 6, "tanh/seed-1": 6}
-    assert fig["ratio"]["mean"] == pytest.approx((3 + 2) / 2) and fig["seeds_with_both"] == 2
+# ---- the training rule and the claims' table, on hand-made results ----------------------------
 
 
-def test_figure1_counts_a_tanh_run_that_never_reached_the_target_as_slower():
-    from alexnet.study.report import figure1_claim
-
-    ours = {"baseline/seed-0": 7, "baseline/seed-1": 7, "baseline/seed-2": 8,
-            "tanh/seed-0": None, "tanh/seed-1": None, "tanh/seed-2": 12}
-    verdict, text = figure1_claim({"epochs": ours, "target_train_err": 0.6,
-                                   "ratio": {"mean": 1.5, "low": float("-inf"), "high": float("inf"), "n": 1,
-                                             "confidence": 0.95}})
-    assert verdict == "within noise"  # 3 of 3 seeds slower: p = 1/8, not below 0.05
-    assert "tanh slower in 3 of 3 seeds (2 never reached 0.6)" in text and "p = 0.125" in text
-    five = {**{f"baseline/seed-{s}": 5 for s in range(5)}, **{f"tanh/seed-{s}": None for s in range(5)}}
-    assert figure1_claim({"epochs": five, "target_train_err": 0.6})[0] == "reproduced"  # p = 1/32
-    flipped = {**{f"baseline/seed-{s}": 9 for s in range(5)}, **{f"tanh/seed-{s}": 4 for s in range(5)}}
-    assert figure1_claim({"epochs": flipped, "target_train_err": 0.6})[0] == "opposite"
-    never = {"baseline/seed-0": None, "tanh/seed-0": None}
-    assert figure1_claim({"epochs": never, "target_train_err": 0.6})[0] == "not reached"
+def test_the_old_batchnorm_rows_did_not_train():
+    with open(V1_RESULTS) as f:
+        rows = list(csv.DictReader(f))
+    verdicts = {(r["variant"], r["seed"]): did_not_train(r, Design(), num_classes=10) for r in rows}
+    assert all(verdicts[("batchnorm", s)] and "within 1% of chance (90.0%)" in verdicts[("batchnorm", s)]
+               for s in "012")
+    assert not any(v for (variant, _), v in verdicts.items() if variant != "batchnorm")
 
 
-def test_the_shipped_study_files_are_valid():
-    for path in ("params/study.yaml", "params/study-imagenette.yaml"):
-        spec = StudySpec.model_validate(yaml.safe_load(Path(path).read_text()))
-        assert set(spec.variants) == {"baseline", "no_lrn", "batchnorm", "non_overlapping_pool", "one_tower",
-                                      "no_dropout", "no_augmentation", "tanh"}
-        assert len(spec.seeds) >= 3
-    assert variant_params(load_study("params/study.yaml"), "one_tower", 0).model.layout == "one_tower_half"
+def _row(variant, seed, err, **kw):
+    return {"label": f"{variant}/seed-{seed}", "variant": variant, "seed": seed, "tuning": False,
+            "num_classes": 10, "final_train_loss": 1.0, "center_top1_err": err, "ten_crop_top1_err": err,
+            "train_minus_val": -0.05, "history": "", **kw}
+
+
+def _spec(claims, seeds=12):
+    variants = {"baseline": {}, **{c["variant"]: {} for c in claims}}
+    return StudySpec(seeds=list(range(seeds)), variants=variants, claims=[
+        {"section": "§x", "says": c["variant"], **{k: v for k, v in c.items() if k != "diffs"}} for c in claims])
+
+
+def test_each_verdict_from_a_hand_made_table():
+    base = [0.40, 0.45, 0.42, 0.48, 0.44, 0.41, 0.46, 0.43, 0.47, 0.40, 0.42, 0.45]
+    wobble = [0.004, -0.003, 0.002, -0.004, 0.003, -0.002, 0.001, -0.001, 0.003, -0.003, 0.002, -0.002]
+    big = [0.03 + w for w in wobble]  # 3 points, tight: shown
+    tiny = wobble  # centred on 0, within 0.3 points: the designed 1.7 is excluded
+    wide = [0.05 * (-1) ** s + w for s, w in enumerate(wobble)]  # +-5 points: neither
+    claims = [{"variant": "big", "effect": 0.017}, {"variant": "tiny", "effect": 0.017},
+              {"variant": "wide", "effect": 0.017}, {"variant": "failed", "effect": 0.017}]
+    rows = [_row("baseline", s, e) for s, e in enumerate(base)]
+    for name, diffs in (("big", big), ("tiny", tiny), ("wide", wide)):
+        rows += [_row(name, s, e + d) for s, (e, d) in enumerate(zip(base, diffs))]
+    rows += [_row("failed", s, 0.9) for s in range(12)]  # chance: did not train
+    out = {c["variant"]: c for c in claim_rows(_spec(claims), rows, pilot_sd=None)}
+    assert out["big"]["verdict"] == SHOWN and out["big"]["p_holm"] < 0.05
+    bound = max(-out["tiny"]["low"], out["tiny"]["high"])
+    assert bound < 0.017 and out["tiny"]["verdict"] == EXCLUDED.format(f"{bound * 100:.1f} points")
+    assert out["wide"]["verdict"] == INCONCLUSIVE
+    assert out["failed"]["verdict"] == DID_NOT_TRAIN and len(out["failed"]["not_trained"]) == 12
+    # Holm over the three tested claims: the smallest p at alpha/3, then alpha/2, then alpha
+    assert sorted(c["level"] for c in out.values() if "level" in c) == pytest.approx([0.05 / 3, 0.05 / 2, 0.05])
+    assert 0 < out["big"]["power"] <= 1 and out["big"]["mde"] > 0
+
+
+def test_holm_keeps_a_claim_that_alone_would_pass():
+    # p about 0.03 twice: alone each passes 0.05; Holm over two wants 0.025 first: neither is shown
+    base = [0.40 + 0.01 * s for s in range(6)]
+    noisy = [0.015, 0.032, -0.002, 0.02, 0.025, 0.003]  # p = 0.033
+    rows = [_row("baseline", s, e) for s, e in enumerate(base)]
+    rows += [_row(v, s, e + d) for v in ("a", "b") for s, (e, d) in enumerate(zip(base, noisy))]
+    out = claim_rows(_spec([{"variant": "a", "effect": 0.05}, {"variant": "b", "effect": 0.05}], 6), rows, None)
+    assert all(0.025 < c["p"] < 0.05 for c in out)
+    assert all(c["verdict"] != SHOWN for c in out)
+
+
+def test_runs_that_did_not_train_are_in_no_interval():
+    rows = [_row("baseline", s, 0.4 + 0.01 * s) for s in range(3)] + [
+        _row("bn", 0, 0.5), _row("bn", 1, 0.5, final_train_loss=math.nan), _row("bn", 2, math.nan, failure="nan loss")]
+    table = summarise(_spec([{"variant": "bn", "effect": 0.01}], 3), rows, ["center_top1_err"])
+    assert table["bn"]["trained"] == [0] and table["bn"]["center_top1_err"]["n"] == 1
+    assert table["bn"]["center_top1_err_vs_baseline"]["n"] == 1
+
+
+def test_figure1_counts_epochs_to_the_target_and_a_never_reached_run_as_slower(tmp_path):
+    def history(label, errs):
+        path = tmp_path / f"{label.replace('/', '_')}.csv"
+        path.write_text("epoch,train_top1_err\n" + "".join(f"{i + 1},{e}\n" for i, e in enumerate(errs)))
+        return {**_row(*label.split("/seed-"), 0.5), "seed": int(label.split("-")[-1]), "history": str(path)}
+
+    assert epochs_to_reach([{"epoch": 1, "train_top1_err": 0.9}, {"epoch": 2, "train_top1_err": 0.2}], 0.25) == 2
+    rows = [history(f"relu/seed-{s}", [0.6, 0.3, 0.2]) for s in range(6)]
+    rows += [history(f"tanh/seed-{s}", [0.8, 0.5, 0.4, 0.3, 0.2, 0.1] if s < 5 else [0.9, 0.8]) for s in range(6)]
+    spec = StudySpec(seeds=list(range(6)), variants={"relu": {}, "tanh": {}}, figures_variant="relu",
+                     design={"pilot_variants": [], "figure1": {"fast": "relu", "slow": "tanh"}})
+    fig = figure1(spec, rows)
+    assert [(p["fast"], p["slow"]) for p in fig["per_seed"]] == [(3, 5)] * 5 + [(3, None)]
+    assert fig["slower"] == 6 and fig["p"] == pytest.approx(1 / 64) and fig["ratio"]["mean"] == pytest.approx(5 / 3)
+    assert not fig["fallback_used"]
 
 
 # ---- end to end ---------------------------------------------------------------------------------
+
+
+def tiny_study(root: Path, **extra) -> Path:
+    """A folder tree of 3 synthetic classes, its base params and a study file with a tuned variant."""
+    from alexnet.data.synthetic import generate
+
+    generate(root / "tree", classes=3, train_per_class=14, val_per_class=6, min_side=64, max_side=96, seed=1)
+    raw = tiny_params(epochs=3, lr=0.02)
+    raw["data"] = {"source": "folder", "root": str(root / "tree")}
+    raw["train"].update(schedule="step", lr_steps=[2], val_every=3)
+    raw["train"].pop("lr_patience")
+    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-study"}
+    (root / "base.yaml").write_text(yaml.safe_dump(raw))
+    (root / "study.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "base": str(root / "base.yaml"), "seeds": [0, 1], "retries": 1, "heldout_per_class": 2,
+        "train_per_class": 12,
+        "variants": {"baseline": {}, "no_lrn": {"params": {"model": {"norm": "none"}}},
+                     "exploding": {"params": {"train": {"lr": 1e6}}, "seeds": 1},
+                     "tuned": {"params": {"model": {"norm": "none"}}, "tune": {"train.lr": [0.001, 0.02]}}},
+        "claims": [{"variant": "no_lrn", "section": "§3.3", "says": "LRN lowers the error", "effect": 0.014},
+                   {"variant": "exploding", "section": "§5", "says": "x", "effect": 0.01}],
+        "design": {"pilot_variants": ["baseline", "no_lrn"], "pilot_seeds": 2}, **extra}))
+    return root / "study.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -104,144 +190,91 @@ def finished(tmp_path_factory):
     from flows.study import study
 
     root = tmp_path_factory.mktemp("study")
-    raw = tiny_params(epochs=2)
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-study"}
-    (root / "base.yaml").write_text(yaml.safe_dump(raw))
-    (root / "study.yaml").write_text(yaml.safe_dump({
-        "name": "tiny", "base": str(root / "base.yaml"), "seeds": [0, 1], "retries": 1,
-        "variants": {"baseline": {}, "tanh": {"model": {"activation": "tanh"}}}}))
-    spec = load_study(root / "study.yaml")
+    spec = load_study(tiny_study(root))
     fired = []
 
     def fail_once(variant, seed, row):
-        if (variant, seed, int(row["epoch"])) == ("tanh", 1, 1) and not fired:
+        if (variant, seed, int(row["epoch"])) == ("no_lrn", 1, 1) and not fired:
             fired.append(1)
-            raise RuntimeError("tanh seed 1 fails once after epoch 1")
+            raise RuntimeError("no_lrn seed 1 fails once after epoch 1")
 
-    paths = StudyPaths(root=root, work=root / "work", out=root / "reports" / "study")
+    paths = StudyPaths(root=root, work=root / "work", out=root / "reports" / "runs")
     with prefect_test_harness(server_startup_timeout=180):
         result = study(spec, paths, on_epoch=fail_once)
-    return {"root": root, "result": result, "out": paths.out, "fired": fired, "paths": paths}
+    return {"root": root, "result": result, "out": paths.out, "fired": fired, "paths": paths, "spec": spec}
 
 
 @pytest.mark.slow
-def test_one_parent_and_a_child_per_variant_and_seed(finished):
+def test_every_run_trains_once_and_a_failed_one_resumes(finished):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{finished['root'] / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("test-study")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and parents[0].data.tags["study"] == "tiny"
-    assert sorted((r.data.tags["variant"], r.data.tags["seed"]) for r in children) == [
-        ("baseline", "0"), ("baseline", "1"), ("tanh", "0"), ("tanh", "1")]
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert all("ten_crop.top1_err" in r.data.metrics for r in children)  # evaluate's names: compare shows them
-
-
-@pytest.mark.slow
-def test_the_failed_run_was_retried_and_resumed(finished):
     assert finished["fired"] == [1]
     with open(finished["out"] / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and all(r["epochs"] == "2" for r in rows)
+    assert sorted(r["label"] for r in rows) == ["baseline/seed-0", "baseline/seed-1", "exploding/seed-0",
+                                                 "no_lrn/seed-0", "no_lrn/seed-1", "tune/tuned/train.lr=0.001",
+                                                 "tune/tuned/train.lr=0.02", "tuned/seed-0", "tuned/seed-1"]
+    client = MlflowClient(f"sqlite:///{finished['root'] / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("test-study").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 9 and all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.slow
-def test_the_overfitting_gap_is_measured_as_val_is(finished):
-    """train - val: the training images' error in eval mode on centre crops (as val's), not the error
-    of augmented batches with dropout, which would make the variants without them look overfitted."""
-    from alexnet.evaluation.members import LoadedMember
-    from alexnet.study.spec import variant_params
-
-    with open(finished["out"] / "results.csv") as f:
-        row = next(r for r in csv.DictReader(f) if r["variant"] == "baseline")
-    spec, paths = load_study(finished["root"] / "study.yaml"), finished["paths"]
-    model = paths.run_dir("baseline", int(row["seed"])) / "models" / "member-0" / "model.pt"
-    params = variant_params(spec, "baseline", int(row["seed"]))
-    member = LoadedMember(model, params)
-    val = member.errors(paths.shards, split="val")
-    assert val["top1_err"] == pytest.approx(float(row["center_top1_err"]), abs=1e-9)  # the same measurement
-    train = member.errors(paths.shards)["top1_err"]
-    assert float(row["train_top1_err"]) == pytest.approx(train, abs=1e-9)
-    assert float(row["train_minus_val"]) == pytest.approx(train - val["top1_err"], abs=1e-9)
+def test_a_non_finite_loss_is_a_row_that_did_not_train_not_a_failed_study(finished):
+    rows = {r["label"]: r for r in finished["result"]["rows"]}
+    assert "became" in rows["exploding/seed-0"]["failure"] and math.isnan(rows["exploding/seed-0"]["center_top1_err"])
+    assert did_not_train(rows["exploding/seed-0"], finished["spec"].design)
 
 
 @pytest.mark.slow
-def test_the_table_figures_and_report_are_written(finished):
+def test_tuning_picks_on_the_held_out_slice_and_the_pilot_comes_first(finished):
     out = finished["out"]
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["table"]) == {"baseline", "tanh"}
-    assert summary["table"]["tanh"]["ten_crop_top1_err_vs_baseline"]["n"] == 2
-    for name in ("table.md", "errors.png", "figure1.png", "figure1.csv", "REPORT.md",
-                 "figures/figure3_conv1_kernels.png", "figures/figure4_neighbours.png", "figures/figures.json"):
-        assert (out / name).is_file(), name
-    report = (out / "REPORT.md").read_text()
-    assert "60,965,224" not in report  # per-layer counts are shown, not a total claim
-    assert "| conv1 | 34,944 |" in report and "into conv3" in report
-    # The verdict cells of the claims table, not the legend (which names every verdict): the tanh row's
-    # verdict is one of the vocabulary, read from its own cell.
-    claims = report.split("## Claims", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in claims.splitlines() if line.startswith("| §")]
-    tanh = [r for r in rows if "tanh" in r[0]]
-    assert tanh and tanh[-1][-1] in {"within noise", "reproduced", "opposite", "one run", "not reached"}, rows
+    with open(out / "tuning.csv") as f:
+        tuning = list(csv.DictReader(f))
+    assert [(t["value"], t["judged_by"]) for t in tuning] == [("0.001", "heldout_error"), ("0.02", "heldout_error")]
+    chosen = float(next(t["value"] for t in tuning if t["chosen"] == "True"))
+    assert json.loads((out / "regime.json").read_text())["tuned"]["tuned"] == {"train.lr": chosen}
+    pilot = json.loads((out / "pilot.json").read_text())
+    assert pilot["variants"] == ["no_lrn"] and pilot["seeds"] == 2
+    # the held-out slice is none of the study's training images, and val picked nothing
+    heldout = {p.name for p in (finished["paths"].work / "data" / "heldout" / "tree" / "val").rglob("*.JPEG")}
+    train = {p.name for p in (finished["paths"].work / "data" / "main" / "tree" / "train").rglob("*.JPEG")}
+    assert len(heldout) == 6 and not heldout & train
 
 
 @pytest.mark.slow
-def test_the_report_command_rewrites_the_stages_report_from_the_study_file(finished, tmp_path):
-    import shutil
+def test_a_rerun_reads_every_finished_run_back(finished):
+    from alexnet.study.runs import run_study
 
+    again = run_study(finished["spec"], finished["paths"])  # in order, no Prefect: the rows are cached
+    assert [r["run_id"] for r in again["rows"]] == [r["run_id"] for r in finished["result"]["rows"]]
+
+
+@pytest.mark.slow
+def test_the_report_names_every_claim_with_n_power_and_a_verdict(finished, tmp_path):
     from alexnet.report import main
 
-    copy = tmp_path / "study"
-    shutil.copytree(finished["out"], copy)
-    (copy / "REPORT.md").unlink()
-    assert main(["--study", str(copy), "--study-file", str(finished["root"] / "study.yaml")]) == 0
-    assert (copy / "REPORT.md").read_text() == (finished["out"] / "REPORT.md").read_text()
+    assert main(["--study", str(finished["root"] / "study.yaml"), "--runs", str(finished["out"]),
+                 "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    claims = report.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in claims.splitlines() if line.startswith("| §")]
+    assert len(rows) == 2 and {r[-1] for r in rows} <= {SHOWN, INCONCLUSIVE, DID_NOT_TRAIN} | {
+        r[-1] for r in rows if r[-1].startswith("effects larger than")}
+    assert next(r for r in rows if "exploding" in r[0])[-1] == DID_NOT_TRAIN
+    assert "`exploding/seed-0`: " in report.split("## Runs that did not train", 1)[1]
+    for name in ("summary.json", "table.md", "errors.png", "did_not_train.png"):
+        assert (tmp_path / name).is_file(), name
 
 
-def test_the_study_stage_lists_its_code_and_stays_out_of_the_default_repro():
+def test_the_study_stages_list_their_code_and_stay_out_of_the_default_repro():
     import subprocess
-    import sys
 
-    sys.path.insert(0, "scripts")
-    from dvc_deps import import_closure
-
-    for pipeline, name, files in (("study/dvc.yaml", "study", {"params.yaml", "params/study.yaml"}),
-                                  ("study/imagenette/dvc.yaml", "study-imagenette",
-                                   {"params/study-imagenette.yaml", "params/imagenette.yaml"})):
-        stage = yaml.safe_load(Path(pipeline).read_text())["stages"][name]
-        code = {d for d in stage["deps"] if d.endswith(".py")}
-        assert code == set(import_closure("stages.study")), f"{pipeline}: run scripts/dvc_deps.py --write"
-        assert files <= set(stage["deps"]), pipeline
-    dvc = Path(sys.executable).parent / "dvc"  # this venv's, whatever PATH says
-    listed = subprocess.run([str(dvc), "stage", "list"], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "train" in listed and "study" not in listed  # `dvc repro` at the root never runs the study
-
-
-def test_report_counts_come_from_the_model():
-    from alexnet.config.sections import ModelParams
-    from alexnet.study.report import crossing_bytes, layer_costs
-
-    rows = layer_costs(ModelParams())
-    assert sum(r["params"] for r in rows) == 60_965_224  # the paper configuration's count
-    by = {r["layer"]: r for r in rows}
-    assert by["conv1"]["macs"] == 55 * 55 * 96 * 3 * 11 * 11  # each output: one 11x11x3 kernel
-    assert by["conv2"]["macs"] == 27 * 27 * 256 * 48 * 5 * 5  # own tower: 48 input channels
-    assert by["fc6"]["macs"] == 9216 * 4096
-    cross = {c["where"]: c["bytes"] for c in crossing_bytes(rows, 224)}
-    assert cross["into conv3 (both)"] == 256 * 13 * 13 * 4 and cross["into fc8 (tower B to A)"] == 2048 * 4
-    half = {r["layer"]: r for r in layer_costs(ModelParams(towers=1, width="half"))}
-    assert half["conv2"]["macs"] == 27 * 27 * 128 * 48 * 5 * 5 and half["fc6"]["params"] == by["fc6"]["params"]
-
-
-def test_the_stage_refuses_a_bad_study_file_in_one_line(tmp_path, capsys):
-    from stages.study import main
-
-    path = write_study(tmp_path, variants={"baseline": {}, "x": {"model": {"activation": "gelu"}}})
-    assert main(["--study", str(path), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("study: ") and "variants.x" in err and "model.activation" in err
-    assert not (tmp_path / "w").exists()  # nothing ran
+    dvc = yaml.safe_load((ROOT / "study" / "dvc.yaml").read_text())
+    runs, report = dvc["stages"]["runs"], dvc["stages"]["report"]
+    assert "alexnet/training/member.py" in runs["deps"] and "alexnet/study/report.py" not in runs["deps"]
+    assert "alexnet/study/report.py" in report["deps"] and "alexnet/training/member.py" not in report["deps"]
+    out = subprocess.run(["dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": str(Path(__import__("sys").executable).parent)}).stdout
+    assert "study" not in out

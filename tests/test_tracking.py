@@ -103,13 +103,16 @@ def ensemble(runs):
     return {**runs, "example": example, "member_uri": member_uri, "ensemble_uri": ensemble_uri}
 
 
-def test_uri_param_beats_env_beats_default(tmp_path, monkeypatch):
+def test_uri_env_beats_param_beats_default(tmp_path, monkeypatch):
+    # MLflow's convention: the environment wins, so a team (or a sweep's temporary copy) points every
+    # run at one store without editing params.yaml; the param is the project's fallback.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert resolve_tracking_uri(None, tmp_path) == "http://tracking:5000"
     assert resolve_tracking_uri("sqlite:///runs/x.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs/x.db"
     assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://tracking:5000"
+    assert resolve_tracking_uri("sqlite:///runs/x.db", tmp_path) == "http://tracking:5000"
     assert local_artifact_root("http://tracking:5000", tmp_path) is None
     assert local_artifact_root("sqlite:////abs/x.db", tmp_path) == tmp_path.resolve() / "mlartifacts"
 

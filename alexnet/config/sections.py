@@ -55,10 +55,11 @@ class SyntheticParams(_Section):
     """The built-in synthetic ImageNet-layout dataset (the default source)."""
 
     classes: int = Field(10, ge=2, le=1000)
-    train_per_class: int = Field(150, ge=1)
-    val_per_class: int = Field(50, ge=1)
-    min_side: int = Field(150, ge=32)
-    max_side: int = Field(500, ge=32)
+    # Bounded so that a slip (an extra 0, a stray exponent) fails here, not as a 70 GB allocation.
+    train_per_class: int = Field(150, ge=1, le=10_000)
+    val_per_class: int = Field(50, ge=1, le=10_000)
+    min_side: int = Field(150, ge=32, le=4096)
+    max_side: int = Field(500, ge=32, le=4096)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -193,7 +194,7 @@ class AugmentParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 0
-    epochs: int = Field(90, ge=1)  # §5: about 90 epochs
+    epochs: int = Field(90, ge=1, le=10_000)  # §5: about 90 epochs
     batch_size: int = Field(128, ge=1)  # §5
     lr: float = Field(0.01, gt=0.0)  # §5
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -268,8 +269,10 @@ class EvaluateParams(_Section):
 
 
 class EnsembleParams(_Section):
-    members: int = Field(1, ge=1)  # §6: the paper averages 5
-    concurrency: int = Field(1, ge=1)  # members trained side by side
+    # §6: the paper averages 5. At most 100: each member is a whole training run (disk and time are
+    # checked against what the members need before any work, alexnet/pipeline/preflight.py).
+    members: int = Field(1, ge=1, le=100)
+    concurrency: int = Field(1, ge=1, le=64)  # members trained side by side
     retries: int = Field(1, ge=0)
     # The pool members take disjoint device groups from (alexnet/training/placement.py), e.g. cuda:0..cuda:7;
     # None: every member on model.devices (one group). Where a member runs never changes its weights.
@@ -288,7 +291,9 @@ class EnsembleParams(_Section):
 
 
 class TrackingParams(_Section):
-    # None: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the project.
+    # Where runs are logged: $MLFLOW_TRACKING_URI when set (MLflow's own convention: the environment
+    # wins), else this, else sqlite:///mlflow.db in the project. It changes no result, so no stage
+    # reruns for it (scripts/dvc_deps.py counts it among the runtime knobs).
     uri: str | None = None
     experiment: str = Field("alexnet", min_length=1)
     registered_model: str = Field("alexnet-ensemble", min_length=1)

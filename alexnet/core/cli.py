@@ -20,6 +20,17 @@ class InputError(RuntimeError):
     """
 
 
+class Interrupted(Exception):
+    """The work was told to stop (a signal) and stopped at a safe point with its state saved: a rerun resumes.
+
+    `code` is the exit code: 128 + the signal's number, as a shell reports a process the signal ended.
+    """
+
+    def __init__(self, message: str, code: int = 128 + 15):
+        super().__init__(message)
+        self.code = code
+
+
 # ValueError covers bad params (ParamsError), damaged weights (IntegrityError) and unusable images.
 BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, DiskFullError, InputError)
 
@@ -28,8 +39,16 @@ def exit_code(name: str, work: Callable[[], int | None]) -> int:
     """Run `work`; its return value (None: 0), or 2 after one line `name: message` for a bad input."""
     try:
         return int(work() or 0)
+    except Interrupted as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return err.code
     except BAD_INPUT as err:
         print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:  # a read-only output folder, a PREFECT_HOME it may not write
+        where = err.filename or "a file"
+        print(f"{name}: {where}: permission denied ({err.strerror}); make it writable or point the output "
+              "elsewhere", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk that no atomic write saw (a library writing on its own)
         full = disk_full_cause(err)

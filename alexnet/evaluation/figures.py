@@ -46,6 +46,25 @@ def colour_specificity(kernels: torch.Tensor) -> torch.Tensor:
     return (kernels - grey).square().sum(dim=(1, 2, 3)) / total
 
 
+def specialisation(model: nn.Module, permutations: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """The towers' colour specialisation: each tower's mean colour specificity, their difference
+    |A - B|, and its permutation p: how often 96 kernels dealt at random into two towers of 48 differ
+    as much (the null of no specialisation). None for one tower."""
+    towers = conv1_kernels(model)
+    spec = {t: colour_specificity(k) for t, k in towers.items()}
+    out: dict[str, Any] = {"towers": {t: float(s.mean()) for t, s in spec.items()}}
+    if len(spec) != 2:
+        return {**out, "difference": None, "p": None}
+    a, b = spec["tower_a"], spec["tower_b"]
+    both, observed = torch.cat([a, b]).double(), float((a.mean() - b.mean()).abs())
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(both.numel(), generator=gen) for _ in range(permutations)])
+    shuffled = both[order]  # (permutations, 96)
+    diffs = (shuffled[:, : a.numel()].mean(1) - shuffled[:, a.numel():].mean(1)).abs()
+    p = (1 + int((diffs >= observed - 1e-12).sum())) / (permutations + 1)
+    return {**out, "difference": observed, "p": p, "permutations": permutations}
+
+
 def kernel_grid(towers: dict[str, torch.Tensor], columns: int = 8, gap: int = 1) -> np.ndarray:
     """float (H, W, 3) in [0, 1]: each tower's kernels in rows of `columns`, the towers' blocks one
     under the other with a blank row between; each kernel scaled by its own min and max."""
@@ -74,8 +93,9 @@ def figure3(model: nn.Module, path: Path) -> dict[str, Any]:
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.6))
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title("conv1 kernels by tower (top first); colour specificity " +
-                 ", ".join(f"{t} {v:.2f}" for t, v in spec.items()), fontsize=8)
+    label = {"tower_a": "tower A (top)", "tower_b": "tower B (bottom)", "one_tower": "one tower"}
+    ax.set_title("conv1 kernels; colour specificity (energy off the grey axis): " +
+                 ", ".join(f"{label[t]} {v:.2f}" for t, v in spec.items()), fontsize=8)
     save(fig, path, dpi=150)
     return {"colour_specificity": spec, "kernels": {t: int(k.shape[0]) for t, k in towers.items()}}
 
@@ -97,12 +117,9 @@ def query_indices(n_val: int, count: int = QUERIES) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n_val - 1, min(count, n_val))})
 
 
-def figure4(model: nn.Module, shards: Path, path: Path, *, crop_size: int, divisor: float,
-            batch_size: int = 64) -> dict[str, Any]:
-    """Write Figure 4 to `path`: five val images and each one's six nearest training images by fc7."""
-    plt = pyplot()
-
-    from alexnet.data.shards import ShardSet
+def split_features(model: nn.Module, shards: Path, *, crop_size: int, divisor: float,
+                   batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """{split: (N, 4096) fc7 features of every image of the split, centre crops, in split order}."""
     from alexnet.loading.loader import EvalLoader
 
     feats = {}
@@ -110,6 +127,35 @@ def figure4(model: nn.Module, shards: Path, path: Path, *, crop_size: int, divis
         with EvalLoader(shards, split, batch_size=batch_size, crop_size=crop_size, ten_crop=False, workers=1,
                         divisor=divisor) as data:
             feats[split] = fc7_features(model, data)
+    return feats
+
+
+def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor,
+                 k: int, chunk: int = 512) -> float:
+    """The share of val images whose k nearest training images by fc7 (Euclidean) vote their class
+    (a tie goes to the nearest of the tied classes)."""
+    correct = 0
+    for start in range(0, val.shape[0], chunk):
+        idx = nearest(val[start:start + chunk], train, k)  # (q, k), nearest first
+        votes = train_labels[idx]
+        for row, label in zip(votes.tolist(), val_labels[start:start + chunk].tolist(), strict=True):
+            counts = {c: row.count(c) for c in row}
+            top = max(counts.values())
+            correct += next(c for c in row if counts[c] == top) == label
+    return correct / val.shape[0]
+
+
+def figure4(model: nn.Module, shards: Path, path: Path, *, crop_size: int, divisor: float,
+            batch_size: int = 64, names: dict[str, str] | None = None,
+            feats: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Write Figure 4 to `path`: five val images and each one's six nearest training images by fc7,
+    labelled with `names` (wnid -> readable name) where given."""
+    plt = pyplot()
+
+    from alexnet.data.shards import ShardSet
+
+    feats = feats or split_features(model, shards, crop_size=crop_size, divisor=divisor, batch_size=batch_size)
+    names = names or {}
     queries = query_indices(feats[VAL].shape[0])
     found = nearest(feats[VAL][queries], feats[TRAIN])
     val, train = ShardSet(shards, VAL, verify=False), ShardSet(shards, TRAIN, verify=False)
@@ -117,8 +163,9 @@ def figure4(model: nn.Module, shards: Path, path: Path, *, crop_size: int, divis
                              squeeze=False)
     for row, (q, idx) in enumerate(zip(queries, found.tolist(), strict=True)):
         images = [val.read(np.array([q]))[0], *train.read(np.array(idx))]
-        names = [val.classes[val.labels[q]], *(train.classes[train.labels[i]] for i in idx)]
-        for col, (img, name) in enumerate(zip(images, names, strict=True)):
+        labels = [val.classes[val.labels[q]], *(train.classes[train.labels[i]] for i in idx)]
+        labels = [names.get(str(c), str(c)) for c in labels]
+        for col, (img, name) in enumerate(zip(images, labels, strict=True)):
             ax = axes[row][col]
             ax.imshow(img)
             ax.set_title(("val: " if col == 0 else "") + str(name)[:14], fontsize=6)

@@ -1,36 +1,34 @@
 """A study's sequence (`run_study`) and its steps, which flows/study.py runs as tasks.
 
-`prepare_study_data` builds the one dataset every variant reads (skipped when its params are
-unchanged), `start_study_tracking` opens one MLflow parent run for the study, `run_variant_seed`
-trains one (variant, seed) with alexnet.training.member.train_member into its own nested run, tagged with
-both, and predicts the val and training images with one alexnet.training.member.LoadedMember. No second
-training loop: a retried run resumes from train_member's checkpoint, and a finished one is not
-trained again.
+The order and the failure policy, written once: the datasets; one MLflow parent run; the tuning
+runs (each grid value once, judged on the held-out slice, never on val) and the values they pick;
+the pilot (the first seeds of the pilot variants), whose SD of paired differences is written
+before the other runs start; every other (variant, seed); the measurements of the figures
+variant's runs (Figures 3 and 4, the LRN's denominators); the runs' files. Each run trains in its
+nested run (alexnet/training/member.py's train_member: a retried run resumes from its checkpoint)
+and its row is cached beside it (alexnet/study/measure.py), so a rerun repeats nothing finished.
+A run whose loss becomes non-finite is a result (it did not train), not a failure of the study.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alexnet.config.params import flatten
-from alexnet.core.atomic import atomic_write_json
-from alexnet.core.layout import CENTER, FIGURES_DIR, TEN_CROP, VAL
-from alexnet.core.provenance import fingerprint, git_commit
-from alexnet.data.shards import ShardSet, data_version
-from alexnet.evaluation.members import LoadedMember
-from alexnet.evaluation.reports import load_probs
+from alexnet.core.provenance import git_commit
+from alexnet.data.shards import data_version
 from alexnet.pipeline.steps import InOrder, Steps
-from alexnet.study.spec import StudySpec, variant_params
+from alexnet.study.data import StudyData, build_dataset
+from alexnet.study.measure import cached_row, failed_row, measure, row_key, save_row
+from alexnet.study.spec import StudySpec, seeds_of, variant_params
 from alexnet.tracking.lifecycle import dataset_name, entry_point, failed_on_error, finish
 from alexnet.tracking.runs import Tracker, provenance_tags
 from alexnet.tracking.store import check_tracking, local_artifact_root, resolve_tracking_uri
-from alexnet.training.member import train_member
-from alexnet.training.metrics import topk_errs
-
-STAMP_FILE = "study-data.json"  # what the study's data was built from
+from alexnet.training.member import run_key, train_member
 
 # Called after each epoch of a run with (variant, seed, the epoch's row): what it raises fails
 # that attempt (a retry resumes there). Tests inject faults through it.
@@ -39,22 +37,14 @@ RunHook = Callable[[str, int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """Where a study lives (study/dvc.yaml names them)."""
+    """Where a study lives (its dvc.yaml names them)."""
 
     root: Path  # the project: the default tracking store and mlartifacts/
     work: Path  # the study's data, checkpoints and models (kept between runs: resumes)
-    out: Path  # reports/study: the versioned tables, plots and figures
+    out: Path  # the runs' files, versioned: rows, histories, tuning, pilot, figures
 
-    def run_dir(self, variant: str, seed: int) -> Path:
-        return self.work / "runs" / variant / f"seed-{seed}"
-
-    @property
-    def prepared(self) -> Path:
-        return self.work / "data" / "prepared"
-
-    @property
-    def shards(self) -> Path:
-        return self.work / "data" / "shards"
+    def run_dir(self, label: str) -> Path:
+        return self.work / "runs" / label
 
 
 @dataclass(frozen=True)
@@ -64,144 +54,166 @@ class StudyRun:
     tracker: Tracker
     parent: str
     tags: Mapping[str, str]
-    data_root: str | None  # the subset tree, when the study takes one
 
 
-def run_study(spec: StudySpec, paths: StudyPaths, steps: Steps | None = None, on_epoch: RunHook | None = None,
-              report: bool = True) -> dict[str, Any]:
-    """Train every (variant, seed) of `spec`, write the study's files, log the study to MLflow.
+@dataclass(frozen=True)
+class RunCall:
+    """One training run: a variant on a seed and a dataset, with tuned values over its params."""
 
-    The order and the failure policy, written once: the dataset once, one parent run; each run in
-    its nested run (the step the flow retries; it resumes from its checkpoint); then the table,
-    Figure 1, Figures 3 and 4 of one member and REPORT.md into paths.out and the parent run. A run
-    that fails for good closes the parent FAILED and the error goes on up.
-    """
+    variant: str
+    seed: int
+    data: StudyData
+    tuned: tuple[tuple[str, float], ...] = ()
+    tuning: bool = False  # a run of a tuning grid (judged on the held-out slice)
+
+    @property
+    def label(self) -> str:
+        if self.tuning:
+            return f"tune/{self.variant}/" + ",".join(f"{k}={v:g}" for k, v in self.tuned)
+        return f"{self.variant}/seed-{self.seed}"
+
+
+def run_study(spec: StudySpec, paths: StudyPaths, steps: Steps | None = None,
+              on_epoch: RunHook | None = None) -> dict[str, Any]:
+    """Train and measure every run of `spec` (see the module docstring); write the runs' files."""
+    from alexnet.study.figures import measure_figures
+    from alexnet.study.outputs import write_outputs, write_pilot
+    from alexnet.study.table import did_not_train
+
     steps = steps or InOrder()
-    data_root = steps.one("study-data", prepare_study_data, spec, paths)
-    run = steps.one("open-study-run", start_study_tracking, spec, paths, data_root)
-    calls = [(spec, v, s, paths, run, on_epoch) for s in spec.seeds for v in spec.variants]
+    data = steps.one("study-data", prepare_study_data, spec, paths)
+    run = steps.one("open-study-run", start_study_tracking, spec, paths, data["main"])
     with failed_on_error(run.tracker, run.parent):
-        rows = steps.each("study-run", run_variant_seed, calls, spec.concurrency)
-        summary = steps.one("study-files", write_outputs, spec, rows, paths, report)
-        run.tracker.log_metrics(run.parent, {"figures": summary["figures"]["figure3"]["colour_specificity"]})
-    finish(run.tracker, run.parent, sorted(paths.out.iterdir()))
-    return {**summary, "parent_run": run.parent, "runs": {f"{r['variant']}/seed-{r['seed']}": r["run_id"]
-                                                          for r in rows}}
+        tuning = _each(steps, "tune-run", tuning_calls(spec, data), spec, paths, run, on_epoch)
+        pilot, rest = study_calls(spec, data["main"], chosen_values(spec, tuning))
+        rows = _each(steps, "study-run", pilot, spec, paths, run, on_epoch)
+        steps.one("pilot", write_pilot, spec, rows, paths.out)
+        rows += _each(steps, "study-run", rest, spec, paths, run, on_epoch)
+        trained = [r for r in rows if r["variant"] == spec.figures_variant and not spec.design.figure1
+                   and did_not_train(r, spec.design) is None]  # Figures 3 and 4: trained networks of Figure 2
+        figures = steps.each("figures", measure_figures, [(spec, r, paths, data["main"]) for r in trained],
+                             spec.concurrency)
+        files = steps.one("study-outputs", write_outputs, spec, rows, tuning, figures, paths.out)
+    finish(run.tracker, run.parent, files)
+    return {"parent_run": run.parent, "runs": {r["label"]: r["run_id"] for r in rows}, "rows": rows}
 
 
-def write_outputs(spec: StudySpec, rows: list[dict[str, Any]], paths: StudyPaths,
-                  report: bool = True) -> dict[str, Any]:
-    """The study's files from its rows: table, Figure 1 and the error plot, Figures 3 and 4 of the
-    figures variant's first seed, REPORT.md; the summary."""
-    from alexnet.evaluation.figures import write_figures
-    from alexnet.evaluation.members import load_member
-    from alexnet.study.files import write_study_files
-
-    summary = write_study_files(spec, rows, paths.out)
-    member = next(r for r in rows if r["variant"] == spec.figures_variant)
-    params = variant_params(spec, member["variant"], member["seed"])
-    model = load_member(Path(member["model"]), params, devices=("cpu",))
-    summary["figures"] = write_figures(model, paths.shards, paths.out / FIGURES_DIR, crop_size=params.model.crop_size,
-                                       divisor=params.model.input_scale)
-    if report:
-        from alexnet.study.report import write_report
-
-        write_report(paths.out, params)
-    return summary
+def _each(steps: Steps, name: str, calls: Sequence[RunCall], spec: StudySpec, paths: StudyPaths, run: StudyRun,
+          on_epoch: RunHook | None) -> list[dict[str, Any]]:
+    return steps.each(name, run_one, [(spec, c, paths, run, on_epoch) for c in calls], spec.concurrency)
 
 
-def prepare_study_data(spec: StudySpec, paths: StudyPaths) -> str | None:
-    """Prepare and preprocess the study's dataset into paths.work/data, unless built from the same params.
-
-    Returns the data root the variants read (the subset tree, or None for the base's own).
-    """
-    from alexnet.data.prepare import prepare
-    from alexnet.data.preprocess import preprocess
-    from alexnet.study.spec import subset_tree
-
-    params = variant_params(spec, "baseline", spec.seeds[0])
-    data_root = None
-    if spec.train_per_class is not None:
-        if params.data.root is None:
-            raise ValueError(f"train_per_class needs a data.root (source {params.data.source} has none)")
-        data_root = str(subset_tree(params.data.root, paths.work / "data" / "subset", spec.train_per_class))
-        params = variant_params(spec, "baseline", spec.seeds[0], data_root=Path(data_root))
-    stamp = {"data": params.data.model_dump(mode="json"), "preprocess": params.preprocess.model_dump(mode="json"),
-             "train_per_class": spec.train_per_class}
-    stamp_path = paths.work / "data" / STAMP_FILE
-    if stamp_path.is_file() and (paths.shards / "manifest.json").is_file():
-        import json
-
-        if json.loads(stamp_path.read_text()).get("key") == fingerprint(stamp):
-            return data_root
-    prepare(paths.prepared, params.data, workers=params.preprocess.workers, progress=False)
-    preprocess(paths.prepared, paths.shards, params.preprocess, progress=False)
-    atomic_write_json(stamp_path, {"key": fingerprint(stamp), **stamp})
-    return data_root
+def prepare_study_data(spec: StudySpec, paths: StudyPaths) -> dict[str, StudyData]:
+    """Every dataset the study's runs read, built into paths.work/data unless built from the same params."""
+    params = variant_params(spec, next(iter(spec.variants)), spec.seeds[0])
+    kinds = ["main"] + sorted({"heldout_alone" if v.tune_by == "epochs_to_target" else "heldout"
+                               for v in spec.variants.values() if v.tune})
+    return {kind: build_dataset(params, paths.work, kind, spec.heldout_per_class, spec.train_per_class)
+            for kind in kinds}
 
 
-def start_study_tracking(spec: StudySpec, paths: StudyPaths, data_root: str | None) -> StudyRun:
+def tuning_calls(spec: StudySpec, data: Mapping[str, StudyData]) -> list[RunCall]:
+    """Each tuned variant's grid, one run per value, on its held-out dataset."""
+    calls = []
+    for name, variant in spec.variants.items():
+        for key, grid in variant.tune.items():
+            kind = "heldout_alone" if variant.tune_by == "epochs_to_target" else "heldout"
+            calls += [RunCall(name, spec.tune_seed, data[kind], ((key, value),), tuning=True) for value in grid]
+    return calls
+
+
+def chosen_values(spec: StudySpec, tuning: Sequence[Mapping[str, Any]]) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Per tuned variant, the grid value its criterion picks (ties: the first in the grid)."""
+    from alexnet.study.table import tuning_score
+
+    chosen = {}
+    for name, variant in spec.variants.items():
+        rows = [r for r in tuning if r["variant"] == name]
+        if not rows:
+            continue
+        # A value whose run did not train scores inf; if none trained, the lowest raw score still picks
+        # one, and the variant's own runs then show (by rule) that it does not train here.
+        scored = [(tuning_score(r, variant.tune_by, spec.design), tuning_score(r, variant.tune_by, spec.design,
+                                                                               rule=False), i, r)
+                  for i, r in enumerate(rows)]
+        best = min(scored, key=lambda s: s[:3])
+        chosen[name] = tuple((k, float(v)) for k, v in best[3]["tuned"].items())
+    return chosen
+
+
+def study_calls(spec: StudySpec, data: StudyData, chosen: Mapping[str, tuple[tuple[str, float], ...]]
+                ) -> tuple[list[RunCall], list[RunCall]]:
+    """The pilot's runs (the first seeds of the pilot variants), then every other run, seed by seed."""
+    calls = [RunCall(v, s, data, chosen.get(v, ())) for v in spec.variants for s in seeds_of(spec, v)]
+    pilot_seeds = {v: set(seeds_of(spec, v)[:spec.design.pilot_seeds]) for v in spec.design.pilot_variants}
+    pilot = [c for c in calls if c.seed in pilot_seeds.get(c.variant, ())]
+    rest = sorted((c for c in calls if c not in pilot), key=lambda c: (c.seed, list(spec.variants).index(c.variant)))
+    return pilot, rest
+
+
+def start_study_tracking(spec: StudySpec, paths: StudyPaths, data: StudyData) -> StudyRun:
     """Check the store, open the study's parent run: the study's settings and the base params as params."""
-    params = variant_params(spec, "baseline", spec.seeds[0], data_root=Path(data_root) if data_root else None)
+    params = variant_params(spec, next(iter(spec.variants)), spec.seeds[0], data_root=data.root)
     uri = resolve_tracking_uri(params.tracking.uri, paths.root)
     check_tracking(uri)
     tracker = Tracker(uri, params.tracking.experiment, artifact_root=local_artifact_root(uri, paths.root))
     tags = provenance_tags(source=entry_point(paths.root), git_commit=git_commit(paths.root),
-                           data_version=data_version(paths.shards), dataset=dataset_name(params.data),
+                           data_version=data_version(data.shards), dataset=dataset_name(params.data),
                            devices=params.model.devices)
     tags = {**tags, "study": spec.name}
-    study_params = {"study.seeds": spec.seeds, "study.variants": sorted(spec.variants),
-                    "study.base": str(spec.base), "study.train_per_class": spec.train_per_class,
-                    **{f"study.variant.{v}": over for v, over in spec.variants.items()}, **flatten(params)}
+    study_params = {"study.seeds": spec.seeds, "study.base": str(spec.base), "study.design": spec.design.model_dump(),
+                    "study.train_per_class": spec.train_per_class, "study.heldout_per_class": spec.heldout_per_class,
+                    **{f"study.variant.{v}": d.model_dump() for v, d in spec.variants.items()}, **flatten(params)}
     parent = tracker.start_parent(f"study-{spec.name}", params=study_params, tags={**tags, "role": "study"})
-    return StudyRun(tracker, parent, tags, data_root)
+    return StudyRun(tracker, parent, tags)
 
 
-def member_label(variant: str, seed: int) -> str:
-    """The nested run's name and `member` tag: one per (variant, seed)."""
-    return f"{variant}/seed-{seed}"
-
-
-def run_variant_seed(spec: StudySpec, variant: str, seed: int, paths: StudyPaths, run: StudyRun,
-                     on_epoch: RunHook | None = None) -> dict[str, Any]:
-    """Train and evaluate one (variant, seed) in its nested run; its row of the study's table."""
-    params = variant_params(spec, variant, seed, data_root=Path(run.data_root) if run.data_root else None)
-    label, tracker, where = member_label(variant, seed), run.tracker, paths.run_dir(variant, seed)
-    run_id = tracker.start_member(run.parent, label, params=flatten(params),
-                                  tags={**run.tags, "variant": variant, "seed": str(seed)})
+def run_one(spec: StudySpec, call: RunCall, paths: StudyPaths, run: StudyRun,
+            on_epoch: RunHook | None = None) -> dict[str, Any]:
+    """Train and measure one run in its nested run; its row (cached: a finished run is read back)."""
+    params = variant_params(spec, call.variant, call.seed, data_root=call.data.root, tuned=dict(call.tuned))
+    where, key = paths.run_dir(call.label), row_key(run_key(params, 0, call.data.shards))
+    if (row := cached_row(where, key)) is not None:
+        return row
+    tracker = run.tracker
+    run_id = tracker.start_member(run.parent, call.label, params=flatten(params),
+                                  tags={**run.tags, "variant": call.variant, "seed": str(call.seed),
+                                        "tuning": str(call.tuning).lower()})
 
     def after_epoch(row: dict[str, float]) -> None:
         tracker.log_epoch(run_id, row, step=int(row["epoch"]))
         if on_epoch is not None:
-            on_epoch(variant, seed, row)
+            on_epoch(call.variant, call.seed, row)
 
+    row: dict[str, Any] = {"label": call.label, "variant": call.variant, "seed": call.seed,
+                           "tuned": dict(call.tuned), "tuning": call.tuning, "key": key, "run_id": run_id,
+                           "history": str(where / "history" / "member-0.csv")}
     with failed_on_error(tracker, run_id):
-        trained = train_member(0, params, prepared_dir=paths.prepared, shards_dir=paths.shards,
-                               models_dir=where / "models", history_dir=where / "history",
-                               checkpoints_dir=where / "checkpoints", on_epoch=after_epoch, progress=False)
-        member = LoadedMember(Path(trained["model"]), params)  # verified once, for val and train alike
-        probs = member.predict_val(paths.shards, where / "predictions", progress=False)
-    labels = _val_labels(paths.shards)
-    row: dict[str, Any] = {"variant": variant, "seed": seed, "epochs": trained["epochs"],
-                           "model": trained["model"], "history": trained["history"], "run_id": run_id}
-    for view in (CENTER, TEN_CROP):
-        errs = topk_errs(load_probs(probs[view]), labels) if view in probs else {"top1_err": float("nan"),
-                                                                                "top5_err": float("nan")}
-        row.update({f"{view}_{k}": v for k, v in errs.items()})
-    # Overfitting: the training images' error measured as val's is (centre crops, eval mode) minus
-    # the centre val error. The error of the last epoch's augmented batches in training mode would
-    # not do: dropout and augmentation raise it, so the variants without them would look overfitted.
-    row["train_top1_err"] = member.errors(paths.shards)["top1_err"]
-    row["train_minus_val"] = row["train_top1_err"] - row["center_top1_err"]
-    # As evaluate logs them ("center.top1_err"), so `python -m alexnet.compare` shows a study's runs too.
-    tracker.log_metrics(run_id, {**{view: {k: row[f"{view}_{k}"] for k in ("top1_err", "top5_err")}
-                                    for view in (CENTER, TEN_CROP)},
-                                 "train_top1_err": row["train_top1_err"], "train_minus_val": row["train_minus_val"]})
-    finish(tracker, run_id, [Path(trained["history"])])
+        try:
+            trained = train_member(0, params, prepared_dir=call.data.prepared, shards_dir=call.data.shards,
+                                   models_dir=where / "models", history_dir=where / "history",
+                                   checkpoints_dir=where / "checkpoints", on_epoch=after_epoch, progress=False)
+        except FloatingPointError as err:  # a fact of the run, the same on every retry: a row that says so
+            row.update(failed_row(str(err)))
+            _history_until_failure(params, call, where)
+        else:
+            row.update(epochs=trained["epochs"], model=trained["model"], num_classes=trained["num_classes"],
+                       final_train_loss=trained["final"]["train_loss"],
+                       **measure(Path(trained["model"]), params, call.data.shards, where))
+    metrics = {k: v for k, v in row.items() if k.endswith(("_err", "_val")) and isinstance(v, float)
+               and math.isfinite(v)}
+    tracker.best_effort("logging the run's figures", run_id, tracker.log_metrics, run_id, metrics)
+    finish(tracker, run_id, [Path(row["history"])] if Path(row["history"]).is_file() else [])
+    save_row(where, row)
     return row
 
 
-def _val_labels(shards: Path):
-    import torch
+def _history_until_failure(params: Any, call: RunCall, where: Path) -> None:
+    """The epochs a failed run finished, from its last checkpoint, as its history file (the report's curve)."""
+    from alexnet.training.checkpoint import load_resumable
+    from alexnet.training.member import MemberPaths, write_history
 
-    return torch.from_numpy(ShardSet(shards, VAL, verify=False).labels)
+    paths = MemberPaths.of(0, where / "models", where / "history", where / "checkpoints",
+                           run_key(params, 0, call.data.shards))
+    state = load_resumable(paths.checkpoint)
+    write_history(paths.history, list(state["history"]) if state else [])

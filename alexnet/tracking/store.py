@@ -28,13 +28,14 @@ class TrackingUnavailable(InputError):
 
 
 def resolve_tracking_uri(param_uri: str | None, project_root: Path) -> str:
-    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db (absolute).
+    """$MLFLOW_TRACKING_URI if set, else tracking.uri, else sqlite:///<root>/mlflow.db (absolute).
 
-    The param wins over the environment: params.yaml is the record of a run, so a value written
-    there must not be overridden by a shell variable left over from another session.
+    The environment wins, as in MLflow itself: a team points every run at its server, a sweep's
+    temporary copy at the project's store, without editing params.yaml (and where runs are logged
+    is no training param: changing it reruns nothing).
     """
     root = Path(project_root).resolve()
-    uri = param_uri or os.environ.get(ENV_URI) or f"sqlite:///{DB_NAME}"
+    uri = os.environ.get(ENV_URI) or param_uri or f"sqlite:///{DB_NAME}"
     return _absolute(uri, root)
 
 

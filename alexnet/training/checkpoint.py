@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -125,6 +126,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     verify_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message ends by suggesting weights_only=False, which would run whatever code the file
+        # holds: this project never does that, and a file of its own never needs it.
+        raise ValueError(f"{path}: not a weights file this project wrote: it holds pickled objects that a "
+                         "weights-only load refuses (tensors, numbers, strings and containers only); it was "
+                         "not loaded") from None
     except Exception as err:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
 

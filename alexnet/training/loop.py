@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.config.sections import TrainParams
+from alexnet.core.cli import Interrupted
 from alexnet.loading.batches import rank_dropout_seed
 from alexnet.model.network import autocast
 from alexnet.training import distributed
@@ -81,7 +82,7 @@ class RunSpec:
     should_stop: Callable[[], bool] | None = None
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(Interrupted):
     """A stop was requested: the run wrote its checkpoint mid-epoch and ended; a rerun resumes there."""
 
     def __init__(self, name: str, epoch: int, batch: int):
@@ -217,8 +218,7 @@ def fit(
     _restore(model, state, run)
     if train.compile:
         model.compile()  # in place: the parameters and state_dict keys stay the module's own
-    # Several ranks: DDP averages the ranks' gradients in backward (its constructor also broadcasts
-    # rank 0's weights, which every rank already holds). One rank: the model itself, as always.
+    # Several ranks: DDP averages their gradients in backward (and broadcasts rank 0's equal weights).
     net = distributed.wrap(model, train.grad_compression) if run.ranks.parallel else model
     clock = _Clock(train.epochs, state.epoch)
     while not state.finished and state.epoch < train.epochs:
