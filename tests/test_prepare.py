@@ -153,3 +153,28 @@ def test_stage_prints_one_line_per_problem_and_exits_nonzero(tmp_path, capsys):
     params.write_text(f"data:\n  source: folder\n  root: {tmp_path / 'missing'}\n")
     assert prepare_main(["--params", str(params), "--out", str(tmp_path / "p")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+
+def _sigterm_disposition(_):
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_pool_workers_obey_the_pools_sigterm_whatever_the_parent_handles():
+    # A pool ends its workers with SIGTERM. Prefect installs a SIGTERM handler in a flow's process that
+    # forked workers inherit; with it a worker stuck on the pool's queue outlived the pool's exit, which
+    # then waited forever (a study's data step hung so). The pools' initializer takes the default back.
+    import os
+    import signal
+    from multiprocessing import get_context
+
+    from alexnet.core.processes import die_with_parent
+
+    before = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        with get_context("fork").Pool(2, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            assert all(pool.map(_sigterm_disposition, range(4)))
+    finally:
+        signal.signal(signal.SIGTERM, before)

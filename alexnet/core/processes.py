@@ -29,7 +29,14 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
-    """Pool initializer: this process gets `sig` when `parent_pid` (the pool's creator) dies."""
+    """Pool initializer: this process gets `sig` when `parent_pid` (the pool's creator) dies.
+
+    It also takes the default SIGTERM and SIGINT back: a pool ends its workers with SIGTERM, and a
+    handler inherited from the parent (Prefect installs one in a flow's process) would keep a worker
+    blocked on the pool's queue alive, and the pool's exit waiting on it, forever.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
