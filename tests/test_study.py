@@ -278,3 +278,19 @@ def test_the_study_stages_list_their_code_and_stay_out_of_the_default_repro():
     out = subprocess.run(["dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True,
                          env={"PATH": str(Path(__import__("sys").executable).parent)}).stdout
     assert "study" not in out
+
+
+def test_tuning_by_speed_prefers_the_target_then_the_fallback_then_the_lowest_error(tmp_path):
+    from alexnet.study.table import tuning_score
+
+    design = Design(pilot_variants=[], figure1={"target_train_err": 0.25, "fallback_train_err": 0.4})
+
+    def run(errs):
+        path = tmp_path / f"h{len(list(tmp_path.iterdir()))}.csv"
+        path.write_text("epoch,train_top1_err\n" + "".join(f"{i + 1},{e}\n" for i, e in enumerate(errs)))
+        return {**_row("relu", 0, 0.5), "history": str(path)}
+
+    fast, slow = run([0.5, 0.3, 0.2]), run([0.6, 0.5, 0.4, 0.3, 0.24])
+    fallback, nowhere_low, nowhere_high = run([0.6, 0.39, 0.3]), run([0.8, 0.5, 0.45]), run([0.9, 0.7, 0.6])
+    scores = [tuning_score(r, "epochs_to_target", design) for r in (fast, slow, fallback, nowhere_low, nowhere_high)]
+    assert scores == sorted(scores) and len(set(scores)) == 5 and all(math.isfinite(s) for s in scores)
