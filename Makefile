@@ -36,6 +36,7 @@ bench: install
 	python benchmarks/preprocess.py
 	python benchmarks/model.py
 	python benchmarks/loader.py
+	python benchmarks/predict.py
 
 # A team's MLflow and Prefect on PostgreSQL (docs/team.md): set ALEXNET_DB_URL=postgresql://USER:PASSWORD@HOST:PORT.
 servers: install

@@ -18,6 +18,7 @@ from alexnet.core.cli import exit_code
 from alexnet.core.tables import format_table
 from alexnet.tracking.compare import __doc__ as compare_doc
 from alexnet.tracking.compare import compare_table
+from alexnet.tracking.lifecycle import experiment_name
 from alexnet.tracking.store import check_tracking, resolve_tracking_uri
 
 
@@ -35,11 +36,11 @@ def _compare(argv: Sequence[str] | None) -> int:
     ap.add_argument("--metric", action="append", default=[], help="extra metric column, e.g. val_top1_err")
     args = ap.parse_args(argv)
 
-    param_uri, experiment = None, "alexnet"
+    param_uri, experiment = None, "alexnet.synthetic"
     params_path = Path(args.params)
     if params_path.is_file():
-        tracking = load_params(params_path).tracking
-        param_uri, experiment = tracking.uri, tracking.experiment
+        params = load_params(params_path)
+        param_uri, experiment = params.tracking.uri, experiment_name(params.tracking, params.data)
     uri = args.uri or resolve_tracking_uri(param_uri, params_path.resolve().parent)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no tracking database at {uri}: nothing has been logged there yet")

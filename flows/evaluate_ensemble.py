@@ -16,6 +16,7 @@ from alexnet.config.sections import Params
 from alexnet.core.layout import VIEWS
 from alexnet.pipeline.evaluate import evaluate_ensemble
 from alexnet.pipeline.paths import EvalPaths
+from alexnet.tracking.lifecycle import registered_name
 from flows.steps import PrefectSteps
 
 
@@ -29,5 +30,5 @@ def evaluate_ensemble_flow(params: Params, paths: EvalPaths) -> dict[str, Any]:
         if view in metrics:
             logger.info("ensemble %s: top-1 err %.4f, top-5 err %.4f", view, metrics[view]["top1_err"],
                         metrics[view]["top5_err"])
-    logger.info("registered %s version %s", params.tracking.registered_model, version)
+    logger.info("registered %s version %s", registered_name(params.tracking, params.data), version)
     return metrics

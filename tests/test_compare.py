@@ -8,7 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from alexnet.compare import main
+from alexnet.config.params import load_params
 from alexnet.tracking.compare import compare_table
+from alexnet.tracking.lifecycle import experiment_name
 from alexnet.tracking.runs import Tracker, provenance_tags
 from alexnet.tracking.store import local_artifact_root, resolve_tracking_uri
 
@@ -108,8 +110,13 @@ def test_cli_prints_the_table(store, capsys, monkeypatch):
     assert "center.top1_err" in lines[0] and "ten_crop.top5_err" in lines[0] and "model.lrn" in lines[0]
     assert len(lines) == 1 + 5
     assert "no-lrn" in out and "0.3800" in out and "old" not in out
-    assert main([]) == 0  # the experiment from params.yaml
-    assert "old" in capsys.readouterr().out
+    # Without --experiment: params.yaml's experiment for its dataset (tracking.experiment, dot, the dataset)
+    params = load_params(store["root"] / "params.yaml")
+    mine = Tracker(store["uri"], experiment_name(params.tracking, params.data))
+    log_ensemble(mine, "this-dataset", {}, ensemble_metrics(0.3, 0.3, {"member-0": 0.3}), member_own=True)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "this-dataset" in out and "old" not in out
 
 
 def test_cli_names_a_missing_experiment_or_store(store, capsys, tmp_path):

@@ -14,7 +14,7 @@ from alexnet.evaluation.members import predict_member
 from alexnet.pipeline.evaluate import log_evaluation, member_models, write_reports
 from alexnet.pipeline.paths import EvalPaths, TrainPaths
 from alexnet.pipeline.train import finish_ensemble_tracking, start_ensemble_tracking, train_logged_member
-from alexnet.tracking.lifecycle import entry_point
+from alexnet.tracking.lifecycle import entry_point, experiment_name, registered_name
 from alexnet.tracking.store import TrackingUnavailable
 from tests.tiny import build_tiny_data, tiny_params
 
@@ -69,7 +69,8 @@ def test_train_evaluate_register_without_prefect(tmp_path):
     assert [m.step for m in client.get_metric_history(result["run_id"], "val_top1_err")] == [1, 2]
     finish_ensemble_tracking(run, [result], paths.tracking_state)
     assert json.loads(paths.tracking_state.read_text()) == {  # the store relative to the project
-        "uri": "sqlite:///mlflow.db", "project_root": ".", "experiment": "no-prefect", "parent_run": run.parent,
+        "uri": "sqlite:///mlflow.db", "project_root": ".", "experiment": experiment_name(params.tracking, params.data),
+        "parent_run": run.parent,
         "member_runs": {"member-0": result["run_id"]}}
 
     evals = EvalPaths(prepared=paths.prepared, shards=paths.shards, models=paths.models, reports=root / "reports",
@@ -81,9 +82,49 @@ def test_train_evaluate_register_without_prefect(tmp_path):
     metrics = write_reports(probs, evals)
     assert json.loads(evals.metrics.read_text()) == json.loads(json.dumps(metrics))
     assert log_evaluation(metrics, params, evals) == "1"
-    champion = client.get_model_version_by_alias(params.tracking.registered_model, "champion")
+    champion = client.get_model_version_by_alias(registered_name(params.tracking, params.data), "champion")
     assert str(champion.version) == "1" and champion.tags["metric_name"] == "ten_crop.top1_err"
     assert float(champion.tags["metric_value"]) == pytest.approx(metrics["ten_crop"]["top1_err"])
     parent = client.get_run(run.parent)
     assert parent.data.metrics["ten_crop.top1_err"] == pytest.approx(metrics["ten_crop"]["top1_err"])
     assert {f.path for f in client.list_artifacts(run.parent)} >= {"metrics.json", "per_class.csv", "confusion.png"}
+
+
+@pytest.mark.slow
+def test_each_dataset_keeps_its_own_champion(tmp_path):
+    from alexnet.data.prepare import prepare
+    from alexnet.data.preprocess import preprocess
+    from alexnet.pipeline.evaluate import evaluate_ensemble
+    from alexnet.pipeline.train import train_ensemble
+
+    root = tmp_path / "project"
+
+    def train_and_evaluate(seed: int, epochs: int, tag: str) -> tuple[str, float, str]:
+        raw = tiny_params(epochs=epochs)
+        raw["data"]["synthetic"]["seed"] = seed  # another synthetic dataset: another champion
+        raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}"}
+        params = parse_params(raw)
+        data = tmp_path / f"data-{seed}"
+        if not (data / "shards").is_dir():
+            prepare(data / "prepared", params.data, workers=1, progress=False)
+            preprocess(data / "prepared", data / "shards", params.preprocess, progress=False)
+        paths = TrainPaths(root=root, prepared=data / "prepared", shards=data / "shards", models=root / f"models-{tag}",
+                           history=root / f"history-{tag}", checkpoints=root / "checkpoints",
+                           tracking_state=root / f"models-{tag}" / "tracking.json")
+        train_ensemble(params, paths)  # the sequences without Prefect
+        evals = EvalPaths(prepared=paths.prepared, shards=paths.shards, models=paths.models,
+                          reports=root / f"reports-{tag}", metrics=root / f"metrics-{tag}.json",
+                          tracking_state=paths.tracking_state)
+        metrics, version = evaluate_ensemble(params, evals)
+        return registered_name(params.tracking, params.data), metrics["ten_crop"]["top1_err"], version
+
+    a, a1, _ = train_and_evaluate(1, 1, "a1")
+    b, b1, _ = train_and_evaluate(2, 2, "b1")
+    assert a != b  # one registered model, and one '@champion', per dataset
+    _, a2, version = train_and_evaluate(1, 3, "a2")
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    best_a = "1" if a1 <= a2 else "2"  # a tie keeps the earlier holder
+    assert (version, str(client.get_model_version_by_alias(a, "champion").version)) == ("2", best_a)
+    champion_b = client.get_model_version_by_alias(b, "champion")
+    assert str(champion_b.version) == "1" and float(champion_b.tags["metric_value"]) == pytest.approx(b1)
+    assert champion_b.description.startswith("AlexNet ensemble of 1 member(s) trained on synthetic")

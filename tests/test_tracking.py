@@ -24,7 +24,7 @@ from alexnet.config.sections import ModelParams, Params
 from alexnet.core.processes import free_port
 from alexnet.model import network as alexnet_model
 from alexnet.tracking.owners import PARENT_TAG
-from alexnet.tracking.registry import SoftmaxAverage, champion, log_ensemble, log_model, register
+from alexnet.tracking.registry import SoftmaxAverage, champion, log_model, register
 from alexnet.tracking.runs import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -101,6 +101,11 @@ def ensemble(runs):
     member_uri = log_model(tracker, members["m0"], nets["m0"], example, "model")
     ensemble_uri = log_ensemble(tracker, runs["parent"], list(nets.values()), example)
     return {**runs, "example": example, "member_uri": member_uri, "ensemble_uri": ensemble_uri}
+
+
+def log_ensemble(tracker, run_id, members, example, name="ensemble", ten_crop=False):
+    """The members' averaged softmax as one logged model (what a registry entry of a pt2 ensemble is)."""
+    return log_model(tracker, run_id, SoftmaxAverage(members, views=ten_crop), example, name, softmax=False)
 
 
 def test_uri_env_beats_param_beats_default(tmp_path, monkeypatch):

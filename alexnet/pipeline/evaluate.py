@@ -16,14 +16,16 @@ import torch
 
 from alexnet.config.sections import Params
 from alexnet.core.layout import CLASSES_FILE, MODEL_FILE, REPORT_FILES, TEN_CROP, VAL, member_name
-from alexnet.data.shards import ShardSet
+from alexnet.data.shards import ShardSet, data_version
 from alexnet.evaluation.members import load_member, predict_member
 from alexnet.evaluation.reports import evaluate_ensemble as ensemble_reports
 from alexnet.evaluation.reports import headline_view, read_class_names
 from alexnet.pipeline.paths import EvalPaths
 from alexnet.pipeline.placement import member_devices, members_at_once, placed
 from alexnet.pipeline.steps import InOrder, Steps
-from alexnet.tracking.registry import example_batch, log_ensemble, log_model, register
+from alexnet.serving.bundle import classifier_from_training, describe, log_classifier, val_digest
+from alexnet.tracking.lifecycle import dataset_name, registered_name
+from alexnet.tracking.registry import example_batch, log_model, register
 from alexnet.tracking.runs import Tracker
 from alexnet.tracking.state import read_tracking_state
 
@@ -67,15 +69,16 @@ def log_evaluation(metrics: Mapping[str, Any], params: Params, paths: EvalPaths)
     tracker.log_metrics(parent, {k: v for k, v in metrics.items() if k != "members"})
     reports = [paths.metrics, *(paths.reports / name for name in REPORT_FILES)]
     tracker.log_artifacts(parent, [p for p in reports if p.exists()])
-    members = []
     crop = params.model.crop_size
     for name, run_id in state["member_runs"].items():
         tracker.log_metrics(run_id, metrics["members"][name])
         model = load_member(paths.models / name / MODEL_FILE, params, devices=("cpu",))
-        members.append(model)
         log_model(tracker, run_id, model, example_batch(crop), name="model")
     view = headline_view(metrics)
-    ten = view == TEN_CROP
-    uri = log_ensemble(tracker, parent, members, example_batch(crop, views=10 if ten else 0), ten_crop=ten)
-    return register(tracker, uri, params.tracking.registered_model, metrics[view]["top1_err"],
-                    metric_name=f"{view}.top1_err")
+    classifier = classifier_from_training(params, paths.models, paths.shards, paths.prepared / CLASSES_FILE)
+    uri = log_classifier(tracker, parent, classifier, views="ten" if view == TEN_CROP else "center")
+    data = {"data_version": data_version(paths.shards), "val_digest": val_digest(paths.shards),
+            "dataset": dataset_name(params.data)}
+    return register(tracker, uri, registered_name(params.tracking, params.data), metrics[view]["top1_err"],
+                    metric_name=f"{view}.top1_err", data=data,
+                    description=describe(classifier, metrics, view, data, len(state["member_runs"])))

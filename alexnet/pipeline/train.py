@@ -24,7 +24,7 @@ from alexnet.data.shards import data_version
 from alexnet.pipeline.paths import TrainPaths
 from alexnet.pipeline.placement import member_devices, members_at_once, placed, placed_in_this_process
 from alexnet.pipeline.steps import InOrder, Steps
-from alexnet.tracking.lifecycle import dataset_name, entry_point, failed_on_error, finish
+from alexnet.tracking.lifecycle import dataset_name, entry_point, experiment_name, failed_on_error, finish
 from alexnet.tracking.runs import Tracker, provenance_tags
 from alexnet.tracking.state import write_tracking_state
 from alexnet.tracking.store import check_tracking, local_artifact_root, resolve_tracking_uri
@@ -79,7 +79,8 @@ def start_ensemble_tracking(params: Params, paths: TrainPaths) -> EnsembleRun:
     """Check the tracking store (before any training), open the parent run with every param and its provenance."""
     uri = resolve_tracking_uri(params.tracking.uri, paths.root)
     check_tracking(uri)  # fail fast, before any training, if the store cannot be used
-    tracker = Tracker(uri, params.tracking.experiment, artifact_root=local_artifact_root(uri, paths.root))
+    tracker = Tracker(uri, experiment_name(params.tracking, params.data),
+                      artifact_root=local_artifact_root(uri, paths.root))
     version = data_version(paths.shards)
     tags = provenance_tags(source=entry_point(paths.root), git_commit=git_commit(paths.root), data_version=version,
                            dataset=dataset_name(params.data), devices=params.model.devices)

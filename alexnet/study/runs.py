@@ -25,7 +25,7 @@ from alexnet.pipeline.steps import InOrder, Steps
 from alexnet.study.data import StudyData, build_dataset
 from alexnet.study.measure import cached_row, failed_row, measure, row_key, save_row
 from alexnet.study.spec import StudySpec, seeds_of, variant_params
-from alexnet.tracking.lifecycle import dataset_name, entry_point, failed_on_error, finish
+from alexnet.tracking.lifecycle import dataset_name, entry_point, experiment_name, failed_on_error, finish
 from alexnet.tracking.runs import Tracker, provenance_tags
 from alexnet.tracking.store import check_tracking, local_artifact_root, resolve_tracking_uri
 from alexnet.training.member import run_key, train_member
@@ -153,10 +153,12 @@ def study_calls(spec: StudySpec, data: StudyData, chosen: Mapping[str, tuple[tup
 
 def start_study_tracking(spec: StudySpec, paths: StudyPaths, data: StudyData) -> StudyRun:
     """Check the store, open the study's parent run: the study's settings and the base params as params."""
+    base = variant_params(spec, next(iter(spec.variants)), spec.seeds[0])  # the dataset the study subsets
     params = variant_params(spec, next(iter(spec.variants)), spec.seeds[0], data_root=data.root)
     uri = resolve_tracking_uri(params.tracking.uri, paths.root)
     check_tracking(uri)
-    tracker = Tracker(uri, params.tracking.experiment, artifact_root=local_artifact_root(uri, paths.root))
+    tracker = Tracker(uri, experiment_name(base.tracking, base.data),
+                      artifact_root=local_artifact_root(uri, paths.root))
     tags = provenance_tags(source=entry_point(paths.root), git_commit=git_commit(paths.root),
                            data_version=data_version(data.shards), dataset=dataset_name(params.data),
                            devices=params.model.devices)

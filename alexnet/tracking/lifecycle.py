@@ -9,17 +9,38 @@ and `python -m alexnet.tracking sync` catches up later (the failure policy of al
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from alexnet.config.sections import DataParams
+from alexnet.config.sections import DataParams, TrackingParams
 from alexnet.tracking.runs import Tracker
 
 
 def dataset_name(data: DataParams) -> str:
     """The source the shards were made from: "synthetic", or "imagenet:<root>"."""
     return data.source if data.root is None else f"{data.source}:{data.root}"
+
+
+def dataset_slug(data: DataParams) -> str:
+    """A short name of the dataset, for the names keyed to it: "synthetic-<its settings' hash>", or the
+    root folder's name ("imagenette-224")."""
+    if data.root is None:  # the synthetic source: its generator's settings are the dataset
+        from alexnet.core.provenance import fingerprint
+
+        return f"{data.source}-{fingerprint(data.synthetic.model_dump(mode='json'))[:6]}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data.root).resolve().name).strip("-").lower() or data.source
+
+
+def experiment_name(tracking: TrackingParams, data: DataParams) -> str:
+    """The MLflow experiment of runs on this dataset: tracking.experiment, dot, the dataset."""
+    return f"{tracking.experiment}.{dataset_slug(data)}"
+
+
+def registered_name(tracking: TrackingParams, data: DataParams) -> str:
+    """The registered model of ensembles of this dataset: one '@champion' per dataset."""
+    return f"{tracking.registered_model}.{dataset_slug(data)}"
 
 
 def entry_point(root: Path) -> str:

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,18 +113,6 @@ def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Te
     return _log_pt2(tracker, run_id, net, example, name, digest)
 
 
-def log_ensemble(tracker: Tracker, run_id: str, members: Sequence[nn.Module], example: torch.Tensor,
-                 name: str = "ensemble", *, ten_crop: bool = False) -> str:
-    """Log one model averaging the members' softmax (what the registry serves); its URI.
-
-    ten_crop=False: input (N, 3, c, c). ten_crop=True: input (N, 10, 3, c, c), §4.1's patches,
-    averaged too; `example` must then be 5-D.
-    """
-    if ten_crop and example.dim() != 5:
-        raise ValueError(f"ten_crop=True takes (N, V, 3, c, c) examples, got shape {tuple(example.shape)}")
-    return log_model(tracker, run_id, SoftmaxAverage(members, views=ten_crop), example, name, softmax=False)
-
-
 def _logged_model(tracker: Tracker, digest: str) -> str | None:
     from mlflow.entities import LoggedModelStatus
 
@@ -134,11 +123,8 @@ def _logged_model(tracker: Tracker, digest: str) -> str | None:
 
 
 def _log_pt2(tracker: Tracker, run_id: str, net: nn.Module, example: torch.Tensor, name: str, digest: str) -> str:
-    # MlflowClient spelling of mlflow.pytorch.log_model, which would read the global tracking
-    # URI and active run: create the LoggedModel, save it locally, upload, mark it READY.
     import mlflow.pytorch
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import infer_signature
 
     was_training = net.training
     net.eval()  # dropout off: the exported graph is the inference graph
@@ -146,41 +132,60 @@ def _log_pt2(tracker: Tracker, run_id: str, net: nn.Module, example: torch.Tenso
         with torch.no_grad():
             output = net(example)
         signature = infer_signature(example.numpy(), output.numpy())  # batch dim -1: dynamic
-        logged = tracker.client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run_id,
-                                                 tags={"weights_sha256": digest})
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / "model"
-                mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                                     run_id=run_id, model_id=logged.model_id)
-                mlflow.pytorch.save_model(
-                    net, str(local), mlflow_model=mlflow_model, signature=signature,
-                    input_example=example.numpy(), serialization_format="pt2",
-                    # Pinned here: MLflow's inference would load the model in a subprocess.
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                )
-                _check_exported(local / "data" / "model.pt2", net, example, name)
-                tracker.client.log_model_artifacts(logged.model_id, str(local))
-        except BaseException:
-            tracker.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-            raise
+
+        def save(local: Path, mlflow_model: Any) -> None:
+            mlflow.pytorch.save_model(
+                net, str(local), mlflow_model=mlflow_model, signature=signature,
+                input_example=example.numpy(), serialization_format="pt2",
+                # Pinned here: MLflow's inference would load the model in a subprocess.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+            _check_exported(local / "data" / "model.pt2", net, example, name)
+
+        return logged_model(tracker, run_id, name, {"weights_sha256": digest}, save)
     finally:
         net.train(was_training)
+
+
+def logged_model(tracker: Tracker, run_id: str, name: str, tags: dict[str, str],
+                 save: Callable[[Path, Any], None]) -> str:
+    """A LoggedModel of run `run_id` whose files `save(folder, mlflow_model)` writes; its URI (models:/m-...).
+
+    MlflowClient's spelling of mlflow.<flavor>.log_model, which would read the process-global
+    tracking URI and active run: create the LoggedModel, save it locally, upload, mark it READY
+    (FAILED if anything on the way raises).
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    logged = tracker.client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run_id, tags=tags)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "model"
+            save(local, Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                              model_id=logged.model_id))
+            tracker.client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        tracker.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
     tracker.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     tracker.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return f"models:/{logged.model_id}"
 
 
 def register(tracker: Tracker, model_uri: str, registered_name: str, metric_value: float, *,
-             metric_name: str = "ten_crop.top1_err", alias: str = "champion",
-             lower_is_better: bool = True) -> str:
+             metric_name: str = "ten_crop.top1_err", alias: str = "champion", lower_is_better: bool = True,
+             data: dict[str, str] | None = None, description: str = "") -> str:
     """Register `model_uri` as a new version; move `alias` to it if it beats the holder's metric.
 
-    The metric is stored as version tags (metric_name, metric_value), so '@champion' is the
-    best ensemble registered so far; a tie keeps the earlier holder.
-    Returns the new version number; `champion()` tells who holds the alias. Aliases, not the
-    deprecated stages. Two processes registering at once may both see the old holder; the
-    later alias write wins (ensembles are registered one at a time by the evaluate flow).
+    The metric and `data` (the data version and val set it was measured on) are stored as version
+    tags. '@champion' is the best version measured on the same data as the holder's: a tie keeps
+    the earlier holder; a version of other data (the same dataset preprocessed anew, another val
+    set) is not comparable, and a new data version starts a new competition (it takes the alias).
+    The registered model is the caller's per dataset (alexnet/tracking/lifecycle.py's names), so a
+    run on another dataset never takes or keeps this one's alias. Returns the new version number.
+    Aliases, not the deprecated stages. Two processes registering at once may both see the old
+    holder; the later alias write wins (the evaluate flow registers one ensemble at a time).
     """
     from mlflow.exceptions import MlflowException
 
@@ -196,11 +201,12 @@ def register(tracker: Tracker, model_uri: str, registered_name: str, metric_valu
         model_id = model_uri.removeprefix("models:/")
         logged = tracker.client.get_logged_model(model_id)
         source, run_id = logged.artifact_location, logged.source_run_id
+    data = dict(data or {})
     version = tracker.client.create_model_version(
-        registered_name, source=source, run_id=run_id, model_id=model_id,
-        tags={"metric_name": metric_name, "metric_value": repr(float(metric_value)), "model_uri": model_uri},
+        registered_name, source=source, run_id=run_id, model_id=model_id, description=description or None,
+        tags={"metric_name": metric_name, "metric_value": repr(float(metric_value)), "model_uri": model_uri, **data},
     )
-    if _beats_holder(tracker, registered_name, alias, float(metric_value), metric_name, lower_is_better):
+    if _beats_holder(tracker, registered_name, alias, float(metric_value), metric_name, lower_is_better, data):
         tracker.client.set_registered_model_alias(registered_name, alias, version.version)
         log.info("%s version %s is now @%s (%s %.4f)", registered_name, version.version, alias,
                  metric_name, metric_value)
@@ -222,9 +228,14 @@ def champion(tracker: Tracker, registered_name: str, alias: str = "champion"):
 
 
 def _beats_holder(tracker: Tracker, name: str, alias: str, value: float, metric_name: str,
-                  lower_is_better: bool) -> bool:
+                  lower_is_better: bool, data: dict[str, str]) -> bool:
     holder = champion(tracker, name, alias)
     if holder is None:
+        return True
+    held_data = {k: holder.tags.get(k) for k in data}
+    if held_data != data:
+        log.info("%s@%s (version %s) was measured on other data (%s); the new version starts a new competition",
+                 name, alias, holder.version, held_data)
         return True
     held = holder.tags.get("metric_value")
     if held is None or holder.tags.get("metric_name") != metric_name:
