@@ -1,5 +1,6 @@
 """alexnet/config/params.py: bad params fail before any work, with a message naming the key."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,39 @@ def test_ddp_replicas_do_not_combine_with_a_member_pool_or_ray(ensemble):
     with pytest.raises(ParamsError, match="train.replicas: above 1, the train stage runs under torchrun"):
         parse_params(raw)
     parse_params({**raw, "train": {"replicas": 1}})  # one rank: either is fine
+
+
+def test_params_read_as_dvc_reads_them(tmp_path):
+    # One YAML reading: `dvc params diff` (ruamel.yaml, YAML 1.2) and the loader get the same values.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alexnet.config.file import read_params_file
+
+    text = ("x:\n  flag_yes: yes\n  flag_no: no\n  on_: on\n  off_: off\n  small: 1e-3\n  quoted: '2026-12-05'\n"
+            "  octal: 012\n  real: true\n  hex: 0x1F\n  none: ~\n  under: 1_000\n")
+    (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    params:\n      - x\n")
+    bin_dir = Path(sys.executable).parent
+
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    run("git", "init", "-q")
+    run(str(bin_dir / "dvc"), "init", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "params")
+    dvc = json.loads(run(str(bin_dir / "dvc"), "params", "diff", "--all", "--json"))["params.yaml"]
+    ours = read_params_file(tmp_path / "params.yaml")["x"]
+    assert {k.removeprefix("x."): v["new"] for k, v in dvc.items()} == ours
+    assert (ours["flag_yes"], ours["on_"], ours["small"], ours["octal"]) == ("yes", "on", 0.001, 12)
+    # A date DVC refuses to load ("Unsupported value of type 'date'"): refused here too, by key.
+    (tmp_path / "params.yaml").write_text("x:\n  when: 2026-12-05\n")
+    with pytest.raises(ParamsError, match=r"x.when: 2026-12-05 reads as a date, which DVC cannot load"):
+        read_params_file(tmp_path / "params.yaml")
+
+
+def test_yes_is_no_boolean():
+    with pytest.raises(ParamsError, match="train.deterministic: .*true or false is expected"):
+        parse_params({"train": {"deterministic": "yes"}})

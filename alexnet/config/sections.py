@@ -30,6 +30,10 @@ class _Section(BaseModel):
         # Being on the base section, this covers every field, including ones added later.
         field = cls.model_fields.get(info.field_name or "")
         kinds = _scalar_kinds(field.annotation) if field else set()
+        if bool in kinds and type(value) is not bool and not kinds & {str, int, float, type(None)} - {bool}:
+            # A boolean takes true or false. `yes`, `on` (and their opposites) are strings in YAML 1.2, as
+            # DVC reads params: were they accepted here, `dvc params diff` and the run would disagree.
+            raise ValueError("true or false is expected (YAML 1.2, as DVC reads params, keeps yes/no/on/off strings)")
         if not kinds & {int, float} or type(value) in kinds:
             return value
         if isinstance(value, bool):
