@@ -18,6 +18,7 @@ from alexnet.core.cli import exit_code
 from alexnet.core.tables import format_table
 from alexnet.tracking.compare import __doc__ as compare_doc
 from alexnet.tracking.compare import compare_table
+from alexnet.tracking.credentials import take_credentials
 from alexnet.tracking.lifecycle import experiment_name
 from alexnet.tracking.store import check_tracking, resolve_tracking_uri
 
@@ -36,20 +37,25 @@ def _compare(argv: Sequence[str] | None) -> int:
     ap.add_argument("--metric", action="append", default=[], help="extra metric column, e.g. val_top1_err")
     args = ap.parse_args(argv)
 
-    param_uri, experiment = None, "alexnet.synthetic"
+    param_uri, experiment, wanted, given = None, "alexnet.synthetic", args.experiment or [], None
     params_path = Path(args.params)
     if params_path.is_file():
         params = load_params(params_path)
         param_uri, experiment = params.tracking.uri, experiment_name(params.tracking, params.data)
-    uri = args.uri or resolve_tracking_uri(param_uri, params_path.resolve().parent)
+        given = params.tracking.experiment
+    uri = take_credentials(args.uri) if args.uri else resolve_tracking_uri(param_uri, params_path.resolve().parent)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no tracking database at {uri}: nothing has been logged there yet")
     check_tracking(uri)
     from mlflow import MlflowClient
 
-    table = compare_table(MlflowClient(uri), args.experiment or [experiment], args.last, args.metric)
+    client = MlflowClient(uri)
+    # tracking.experiment as written, where no experiment has that name: its runs on the params' dataset
+    wanted = [experiment if name == given and client.get_experiment_by_name(name) is None else name
+              for name in wanted]
+    table = compare_table(client, wanted or [experiment], args.last, args.metric)
     if table.empty:
-        print(f"no runs in {', '.join(args.experiment or [experiment])} at {uri}")
+        print(f"no runs in {', '.join(wanted or [experiment])} at {uri}")
         return 0
     print(format_table(table, left=("experiment", "run")))
     return 0

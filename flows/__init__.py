@@ -17,8 +17,13 @@ logging.getLogger("alexnet").setLevel(logging.INFO)
 
 
 def retry_unless_hopeless(task, task_run, state) -> bool:
-    """A task's retry_condition_fn: no retry for what a retry cannot fix (a full disk)."""
+    """A task's retry_condition_fn: no retry for what a retry cannot fix (a full disk), nor once the
+    stage has been told to stop (a signal, its parent gone: alexnet/core/signals.py)."""
     from alexnet.core.atomic import disk_full_cause
+    from alexnet.core.cli import Interrupted
+    from alexnet.core.signals import stop_requested
 
     err = getattr(state, "data", None)  # the exception, for a task run that raised
+    if stop_requested() or isinstance(err, Interrupted):
+        return False
     return not (isinstance(err, BaseException) and disk_full_cause(err) is not None)

@@ -45,9 +45,11 @@ ROOT_TYPE = "Params"
 # Params that decide how the work is scheduled, never what an output holds: reading them does not
 # make a stage depend on them (a change must not rerun hours of training).
 # Where the members run is one of them: a member's weights do not depend on its devices' group or runner;
-# so is where their runs are logged (tracking.uri).
+# so is where their runs are logged (tracking.uri), and which engine builds the shards (byte-identical
+# either way: tests/test_dask.py).
 RUNTIME_KNOBS = frozenset({"ensemble.concurrency", "ensemble.retries", "preprocess.workers", "ensemble.devices",
-                           "ensemble.runner", "ensemble.ray_address", "tracking.uri"})
+                           "ensemble.runner", "ensemble.ray_address", "tracking.uri", "preprocess.engine",
+                           "preprocess.dask_address"})
 
 
 def params_schema(root: Path = ROOT) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
@@ -122,7 +124,7 @@ def _scope_reads(scope_node: ast.AST, scope: _Scope, parents: dict[ast.AST, ast.
             owner = scope.type_of(node.value)
             if owner is not None and node.attr in scope.fields[owner]:
                 reads.add(f"{scope.paths[owner]}.{node.attr}".lstrip("."))  # a plain value
-            elif owner is not None:
+            elif owner is not None and node.attr != "model_copy":  # a copy reads nothing: its uses do
                 reads.add(scope.paths[owner] or "*")  # a method of the object: model_dump(), ...
             continue
         if not isinstance(node, ast.Name | ast.Attribute) or isinstance(node.ctx, ast.Store):
@@ -204,6 +206,20 @@ def params_reads(files: list[str], root: Path = ROOT) -> set[str]:
     return reads
 
 
+def without_knobs(reads: set[str], root: Path = ROOT) -> set[str]:
+    """`reads` less the runtime knobs. A section read whole (`experiment_name(params.tracking, ...)`)
+    that holds a knob becomes its other fields: where runs are logged must not rerun training."""
+    fields, paths = params_schema(root)
+    classes = {path: name for name, path in paths.items()}
+    out = set()
+    for read in reads:
+        if read in classes and any(knob.startswith(f"{read}.") for knob in RUNTIME_KNOBS):
+            out |= {f"{read}.{name}" for name in fields[classes[read]]}
+        else:
+            out.add(read)
+    return out - RUNTIME_KNOBS
+
+
 @dataclass
 class Stage:
     name: str
@@ -233,7 +249,7 @@ def stages(root: Path = ROOT) -> list[Stage]:
         params = spec.get("params") or []
         out.append(Stage(
             name=name, entry=entry, code_deps=files,
-            params_reads=params_reads(files, root) - RUNTIME_KNOBS,
+            params_reads=without_knobs(params_reads(files, root), root),
             yaml_deps=[str(d) for d in spec.get("deps") or []],
             yaml_params=[str(p) for p in params if not isinstance(p, dict)],
         ))

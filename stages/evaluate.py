@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from alexnet.config.sections import Params
-from alexnet.pipeline.preflight import check_before_work
+from alexnet.core.layout import VAL
+from alexnet.pipeline.preflight import check_before_work, check_shards
 from stages import run_stage
 
 FLAGS = (
@@ -26,6 +27,7 @@ FLAGS = (
 
 def work(params: Params, args: argparse.Namespace) -> None:
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    check_shards(params, args.shards, args.params, splits=(VAL,))  # the images it reads, as the manifest says
     from alexnet.pipeline.evaluate import member_models
     from alexnet.pipeline.paths import EvalPaths
     from alexnet.training.checkpoint import verify_file

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from alexnet.config.sections import Params
+from alexnet.data.budget import check_disk_for_shards
 from alexnet.data.preprocess import preprocess
 from stages import run_stage
 
@@ -19,6 +20,7 @@ FLAGS = (
 
 
 def work(params: Params, args: argparse.Namespace) -> None:
+    check_disk_for_shards(params.preprocess, args.prepared, args.out)  # before any image is read
     preprocess(args.prepared, args.out, params.preprocess)
 
 

@@ -8,16 +8,26 @@ With train.replicas R > 1 the stage runs itself again under `torchrun --standalo
 machines say, it launches nothing and checks LOCAL_WORLD_SIZE == R). Rank 0 runs the same flow
 (members one after another, no task retries: torchrun restarts the whole group, and the members
 resume from their checkpoints); the other ranks train the same members, in the same order, beside it.
+
+On SIGTERM, SIGINT or the loss of its parent (`dvc repro` killed alone) every rank stops after its
+current step, writes a checkpoint of the epoch in progress and exits, naming the signal; a rerun
+resumes bit-exactly. One trainer at a time: the stage holds the checkpoints folder's lock
+(alexnet/core/locks.py) and waits for a stopping predecessor before failing in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 from alexnet.config.sections import Params
-from alexnet.pipeline.preflight import check_before_work
+from alexnet.core import signals
+from alexnet.core.cli import Interrupted
+from alexnet.core.locks import exclusive
+from alexnet.pipeline.placement import member_devices
+from alexnet.pipeline.preflight import check_before_work, check_shards
 from stages import run_stage
 
 FLAGS = (
@@ -28,35 +38,65 @@ FLAGS = (
     ("--checkpoints", "resumable state; survives DVC's output cleanup"),
     ("--tracking-state", "output: the MLflow run ids"),
 )
+GRACE_S = 60.0  # the longest a step may take before a stopped stage exits without its checkpoint
 
 
 def work(params: Params, args: argparse.Namespace) -> None:
-    from alexnet.pipeline.paths import TrainPaths
     from alexnet.tracking.store import check_tracking, resolve_tracking_uri
     from alexnet.training import distributed  # torch: imported once the params are known to be good
 
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
+    check_shards(params, args.shards, args.params)  # every file as its manifest says: once, before any task
     check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
-    tr = params.train
-    if tr.replicas > 1 and not distributed.under_torchrun():
-        launch_ranks(params, args)
+    member_devices(params)  # a pool too small for one member: one line, before the lock makes any folder
+    args.checkpoints = str(in_home_project(Path(args.checkpoints)))  # before the lock, the ranks and the flow
+    if distributed.under_torchrun():  # the process that launched torchrun (or the user) holds the lock
+        train(params, args)
         return
+    with exclusive(Path(args.checkpoints), "trainer", wait_s=GRACE_S + 10):
+        if params.train.replicas > 1:
+            launch_ranks(params, args)
+        else:
+            train(params, args)
+
+
+def in_home_project(path: Path) -> Path:
+    """`path` in the project itself when it lies in a copy that `dvc exp run --queue/--temp` made
+    (<project>/.dvc/tmp/exps/<copy>/...): DVC deletes the copy, and checkpoints must outlive it, as the
+    tracking store does (alexnet/tracking/store.py's home_project). Experiments may share the folder:
+    a checkpoint's name is keyed by everything that decides the weights."""
+    from alexnet.tracking.store import home_project
+
+    resolved = path.resolve()
+    home = home_project(resolved)
+    if home == resolved:
+        return path  # not in a copy: as given
+    return home.joinpath(*resolved.parts[len(home.parts) + 4:])  # past .dvc/tmp/exps/<copy>
+
+
+def train(params: Params, args: argparse.Namespace) -> None:
+    """This process's part: rank 0 runs the flow, other ranks train beside it; both stop when told."""
+    from alexnet.pipeline.paths import TrainPaths
+    from alexnet.training import distributed
+
     paths = TrainPaths(
         root=Path(args.params).resolve().parent, prepared=Path(args.prepared), shards=Path(args.shards),
         models=Path(args.models), history=Path(args.history), checkpoints=Path(args.checkpoints),
         tracking_state=Path(args.tracking_state))
-    with distributed.process_group(params.model.devices, tr.replicas, tr.rendezvous_timeout) as ranks:
+    with distributed.process_group(params.model.devices, params.train.replicas,
+                                   params.train.rendezvous_timeout) as ranks:
         if not ranks.is_main:
             from alexnet.pipeline.train import train_members_on_rank
 
-            train_members_on_rank(params, paths)
+            signals.run_beside(lambda: train_members_on_rank(params, paths, should_stop=signals.stop_requested))
             return
         from flows.server import own_api_server
 
         own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
         from flows.train_ensemble import run_train_flow
 
-        run_train_flow(params, paths, retries=0 if ranks.parallel else None)
+        retries = 0 if ranks.parallel else None
+        signals.run_beside(lambda: run_train_flow(params, paths, should_stop=signals.stop_requested, retries=retries))
 
 
 def launch_ranks(params: Params, args: argparse.Namespace) -> None:
@@ -69,11 +109,28 @@ def launch_ranks(params: Params, args: argparse.Namespace) -> None:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     distributed.check_fits(tr.replicas, params.model.devices, visible)
     argv = ["--params", args.params, *(a for flag, _ in FLAGS for a in (flag, getattr(args, _dest(flag))))]
-    code = distributed.launch(tr.replicas, tr.max_restarts, "stages.train", argv)
+    code = _wait_forwarding_stop(subprocess.Popen(distributed.torchrun_command(tr.replicas, tr.max_restarts,
+                                                                                  "stages.train", argv)))
+    if signals.stop_requested():
+        raise Interrupted(f"stopped by {signals.STOP.reason}; the ranks wrote their checkpoints",
+                                  signals.STOP.code)
     if code:
         print(f"train: torchrun with train.replicas={tr.replicas} ranks failed (exit code {code}); the ranks' "
               "errors are above", file=sys.stderr)
         raise SystemExit(code)
+
+
+def _wait_forwarding_stop(proc: subprocess.Popen) -> int:
+    """Wait for torchrun; a stop told to this process alone (its parent gone, a SIGTERM to it) goes on
+    to torchrun as SIGTERM, which passes it to the ranks."""
+    forwarded = False
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if signals.stop_requested() and not forwarded:
+                proc.terminate()
+                forwarded = True
 
 
 def _dest(flag: str) -> str:
@@ -81,7 +138,7 @@ def _dest(flag: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train", __doc__, FLAGS, work, argv)
+    return run_stage("train", __doc__, FLAGS, work, argv, grace_s=GRACE_S)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,29 @@ def test_covers_is_by_dotted_prefix_not_by_text():
 def test_a_stage_must_run_a_module():
     with pytest.raises(ValueError, match="does not run `python -m <module>`"):
         dvc_deps.entry_module("python stages/s.py")
+
+
+def test_where_runs_are_logged_reruns_no_stage():
+    # experiment_name(params.tracking, ...) hands the section on whole; tracking.uri is a runtime knob, so the
+    # section counts as its other fields (a team pointing runs at its server must not retrain anything).
+    import yaml
+
+    for path in (ROOT / "dvc.yaml", *sorted((ROOT / "study").rglob("dvc.yaml"))):
+        for name, spec in yaml.safe_load(path.read_text())["stages"].items():
+            params = [p for p in spec.get("params") or [] if isinstance(p, str)]
+            assert not {"tracking", "tracking.uri", "preprocess.workers"} & set(params), f"{path}: {name}: {params}"
+
+
+def test_every_param_dvc_yaml_lists_is_in_params_yaml():
+    # DVC refuses a stage whose listed param is absent ("Parameters ... are missing from 'params.yaml'"),
+    # even where the params classes give it a default: a section expanded to fields must name only fields
+    # params.yaml writes out.
+    import yaml
+
+    values = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        for param in [p for p in spec.get("params") or [] if isinstance(p, str)]:
+            node = values
+            for part in param.split("."):
+                assert isinstance(node, dict) and part in node, f"dvc.yaml: {name}: {param} is not in params.yaml"
+                node = node[part]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from alexnet.config.params import ParamsError, load_params, parse_params
+from tests.tiny import tiny_params
 
 
 def error_of(raw) -> str:
@@ -126,3 +127,19 @@ def test_params_read_as_dvc_reads_them(tmp_path):
 def test_yes_is_no_boolean():
     with pytest.raises(ParamsError, match="train.deterministic: .*true or false is expected"):
         parse_params({"train": {"deterministic": "yes"}})
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("ensemble", "members", 1_000_000), ("train", "epochs", 1_000_000)])
+def test_sizes_past_any_use_are_refused_at_load_naming_the_key(section, key, value):
+    raw = tiny_params()
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}"):
+        parse_params(raw)
+
+
+def test_a_synthetic_dataset_past_any_use_is_refused_at_load_naming_the_key():
+    raw = tiny_params()
+    raw["data"]["synthetic"]["train_per_class"] = 1_000_000_000
+    with pytest.raises(ParamsError, match=r"data\.synthetic\.train_per_class"):
+        parse_params(raw)

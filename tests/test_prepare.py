@@ -156,25 +156,29 @@ def test_stage_prints_one_line_per_problem_and_exits_nonzero(tmp_path, capsys):
 
 
 
-def _sigterm_disposition(_):
-    import signal
+POOL_UNDER_A_HANDLER = """
+import os, signal
+from multiprocessing import get_context
+from alexnet.core.processes import die_with_parent
 
+def disposition(_):
     return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+signal.signal(signal.SIGTERM, lambda *a: None)  # as Prefect's handler in a flow's process
+with get_context("fork").Pool(2, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    assert all(pool.map(disposition, range(4))), "a pool worker kept the parent's SIGTERM handler"
+"""
 
 
 def test_pool_workers_obey_the_pools_sigterm_whatever_the_parent_handles():
     # A pool ends its workers with SIGTERM. Prefect installs a SIGTERM handler in a flow's process that
     # forked workers inherit; with it a worker stuck on the pool's queue outlived the pool's exit, which
     # then waited forever (a study's data step hung so). The pools' initializer takes the default back.
+    # In a fresh interpreter: forked from pytest's threads, a worker can block before its initializer.
     import os
-    import signal
-    from multiprocessing import get_context
+    import subprocess
+    import sys
 
-    from alexnet.core.processes import die_with_parent
-
-    before = signal.signal(signal.SIGTERM, lambda *a: None)
-    try:
-        with get_context("fork").Pool(2, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            assert all(pool.map(_sigterm_disposition, range(4)))
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    done = subprocess.run([sys.executable, "-c", POOL_UNDER_A_HANDLER], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]

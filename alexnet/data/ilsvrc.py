@@ -15,9 +15,12 @@ each image is located by (offset, size) in the outer tar file, read with one see
 
 Classes are the per-class tars, sorted, and their names the synsets' words: the same labels
 and names as the extracted tree (train/<wnid>/) with LOC_synset_mapping.txt.
-Paths, as the index and the quality report show them:
+Paths, as the index and the quality report show them (each member under its own path in the tar):
     ILSVRC2012_img_train.tar/n01440764.tar/n01440764_10026.JPEG
     ILSVRC2012_img_val.tar/ILSVRC2012_val_00000001.JPEG
+Every member that is not a folder is returned: a symlink, hard link, device or pipe member with the
+reason it is not read, and the images of a second tar of one class (n01440764.tar and
+sub/n01440764.tar) reported by name, the first indexed (see _one_tar_per_class).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from alexnet.core.layout import TRAIN, VAL
@@ -36,6 +40,8 @@ DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 RELEASE_FILES = (TRAIN_TAR, VAL_TAR, DEVKIT)
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 META = "data/meta.mat"
+LINK_IN_TAR = "link inside tar"
+CLASS_TAR_TWICE = "class tar twice"
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d+)\.JPEG$")
 
 
@@ -102,6 +108,87 @@ def _odd(rel: str, split: str, offset: int, size: int) -> FoundFile | None:
     return None
 
 
+def _not_a_file(info: tarfile.TarInfo, rel: str, split: str) -> FoundFile:
+    # A link member holds no bytes of its own, and every image is read as a byte range of the tar: a
+    # hard link's target is an earlier member (indexed under its own name), a symlink's may lie
+    # outside the tar. So a link is reported, as a device or pipe member is, never followed.
+    if info.issym() or info.islnk():
+        kind = "symlink" if info.issym() else "hard link"
+        detail = f"a {kind} inside the tar (-> {display_path(info.linkname)}), not an image file"
+        return FoundFile(display_path(rel), split, None, detail, reason=LINK_IN_TAR)
+    return FoundFile(display_path(rel), split, None, "a device or pipe inside the tar, not an image file",
+                     reason="not a regular file")
+
+
+def _entries(archive: tarfile.TarFile, base: int, prefix: str, split: str) -> list[FoundFile]:
+    """Every member of a tar whose data starts at `base` (folders are not files), its class not yet
+    decided: a regular file located by (offset, size), anything else reported with its reason."""
+    found = []
+    for info in archive:
+        rel = f"{prefix}/{info.name}"
+        if info.isfile():
+            offset = base + info.offset_data
+            found.append(_odd(rel, split, offset, info.size) or FoundFile(rel, split, None, None, offset, info.size))
+        elif not info.isdir():
+            found.append(_not_a_file(info, rel, split))
+    return found
+
+
+ClassTar = tuple[str, list[FoundFile]]  # (member name of a per-class tar, its entries)
+
+
+def _class_tars(path: Path, outer: tarfile.TarFile, found: list[FoundFile]) -> dict[str, list[ClassTar]]:
+    """{wnid: the tars of that class} of the train tar at `path`; its other members are appended to
+    `found` with the reason they are not images."""
+    per_class: dict[str, list[ClassTar]] = {}
+    for info in outer:
+        rel = f"{TRAIN_TAR}/{info.name}"
+        if not info.isfile():
+            if not info.isdir():
+                found.append(_not_a_file(info, rel, TRAIN))
+            continue
+        if not is_utf8(info.name):  # as a class folder so named of the extracted tree
+            raise ValueError(f"{path}: {display_path(info.name)}: a member whose name is not UTF-8")
+        odd = _odd(rel, TRAIN, info.offset_data, info.size)
+        if odd is not None:
+            found.append(odd)
+            continue
+        if PurePosixPath(info.name).suffix != ".tar":
+            found.append(FoundFile(rel, TRAIN, None, "unknown class: not a per-class tar", info.offset_data, info.size))
+            continue
+        try:
+            with tarfile.open(fileobj=outer.extractfile(info), mode="r:") as inner:
+                entries = _entries(inner, info.offset_data, rel, TRAIN)
+        except tarfile.TarError as err:
+            raise ValueError(f"{path}: {info.name} is not an uncompressed tar ({err})") from None
+        per_class.setdefault(PurePosixPath(info.name).stem, []).append((info.name, entries))
+    return per_class
+
+
+def _one_tar_per_class(path: Path, wnid: str, tars: list[ClassTar]) -> list[FoundFile]:
+    """The entries of the class, labelled: those of its tar in the release's place (<wnid>.tar at the
+    top; else the first by name), and those of any other tar of the class reported, each by name.
+
+    The release has one tar per class; a second (a repack, a copy, a partial download) may repeat
+    the first's images or hold others, which cannot be told apart without decoding both. Indexing
+    both could train on each image twice, and dropping one silently loses its images (both
+    happened before: the later tar replaced the earlier, under the wrong name). So one is indexed
+    and every image of the others is in the quality report, which data.on_bad_image=fail stops on.
+    """
+    (kept_name, kept), *others = sorted(tars, key=lambda t: (t[0].count("/"), t[0]))
+    # ImageNet's labels are positions among its sorted wnids: a missing class would shift every
+    # label after it (alexnet/data/sources.py refuses an empty class folder of the extracted tree too).
+    if not any(f.offset is not None and not f.ignored for f in kept):
+        raise ValueError(f"{path}: {kept_name} holds no images; ImageNet's labels are positions "
+                         "among its sorted wnids, so a missing class would shift every label after it")
+    out = [replace(f, wnid=wnid) if f.problem is None else f for f in kept]
+    for name, entries in others:
+        detail = (f"a second tar of class {wnid}: {TRAIN_TAR}/{kept_name} is indexed, {name} is not; "
+                  "the release has one tar per class, so merge them or remove one")
+        out += [replace(f, problem=detail, reason=CLASS_TAR_TWICE) if f.problem is None else f for f in entries]
+    return out
+
+
 def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
     """The classes and every image of the release at `root`, located inside the tars."""
     for name in RELEASE_FILES:
@@ -111,53 +198,21 @@ def scan(root: Path) -> tuple[list[ClassInfo], list[FoundFile]]:
     leaves, truth = read_devkit(root / DEVKIT)
     words = dict(leaves.values())
     found: list[FoundFile] = []
-    per_class: dict[str, list[tuple[str, int, int]]] = {}
     with tarfile.open(root / TRAIN_TAR, "r:") as outer:
-        for info in outer:
-            if not info.isfile():
-                continue
-            inner_name = PurePosixPath(info.name)
-            rel = f"{TRAIN_TAR}/{info.name}"
-            if not is_utf8(info.name):  # as a class folder so named of the extracted tree
-                raise ValueError(f"{root / TRAIN_TAR}: {display_path(info.name)}: a member whose name is not UTF-8")
-            odd = _odd(rel, TRAIN, info.offset_data, info.size)
-            if odd is not None:
-                found.append(odd)
-                continue
-            if inner_name.suffix != ".tar":
-                found.append(FoundFile(rel, TRAIN, None, "unknown class: not a per-class tar",
-                                       info.offset_data, info.size))
-                continue
-            fileobj = outer.extractfile(info)
-            try:
-                with tarfile.open(fileobj=fileobj, mode="r:") as inner:
-                    per_class[inner_name.stem] = _members(inner, info.offset_data)
-            except tarfile.TarError as err:
-                raise ValueError(f"{root / TRAIN_TAR}: {info.name} is not an uncompressed tar ({err})") from None
+        per_class = _class_tars(root / TRAIN_TAR, outer, found)
     if not per_class:
         raise FileNotFoundError(f"{root / TRAIN_TAR}: no per-class tars inside")
     wnids = sorted(per_class)
     for wnid in wnids:
-        # ImageNet's labels are positions among its sorted wnids: a missing class would shift every
-        # label after it (alexnet/data/sources.py refuses an empty class folder of the extracted tree too).
-        if all(is_os_artifact(PurePosixPath(name).name) for name, _, _ in per_class[wnid]):
-            raise ValueError(f"{root / TRAIN_TAR}: {wnid}.tar holds no images; ImageNet's labels are positions "
-                             "among its sorted wnids, so a missing class would shift every label after it")
+        found += _one_tar_per_class(root / TRAIN_TAR, wnid, per_class[wnid])
     classes = [ClassInfo(i, w, words.get(w, w)) for i, w in enumerate(wnids)]
-    for wnid in wnids:
-        for name, offset, size in per_class[wnid]:
-            rel = f"{TRAIN_TAR}/{wnid}.tar/{name}"
-            found.append(_odd(rel, TRAIN, offset, size) or FoundFile(rel, TRAIN, wnid, None, offset, size))
     with tarfile.open(root / VAL_TAR, "r:") as val:
-        val_members = _members(val, 0)
-    for name, offset, size in val_members:
-        rel = f"{VAL_TAR}/{name}"
-        odd = _odd(rel, VAL, offset, size)
-        if odd is not None:
-            found.append(odd)
-            continue
-        wnid, problem = _val_class(PurePosixPath(name).name, truth, leaves, set(wnids))
-        found.append(FoundFile(rel, VAL, wnid, problem, offset, size))
+        val_entries = _entries(val, 0, VAL_TAR, VAL)
+    for f in val_entries:
+        if f.problem is None:
+            wnid, problem = _val_class(PurePosixPath(f.path).name, truth, leaves, set(wnids))
+            f = replace(f, wnid=wnid, problem=problem)
+        found.append(f)
     return classes, found
 
 

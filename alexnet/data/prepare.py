@@ -225,14 +225,25 @@ def resolve_layout(data: DataParams, root: Path) -> str:
     return "tars" if data.layout == "tars" else "imagenet"
 
 
+def _remove_previous(out_dir: Path) -> None:
+    # Run outside DVC (which removes a stage's outputs before running it), a run that fails (a bad
+    # image with data.on_bad_image=fail) would leave the previous run's index beside its own
+    # quality report, and a reader could take them for this run's. dataset.json goes first: without
+    # it the folder is not a prepared dataset (load_prepared), wherever a kill interrupts this.
+    for name in (DATASET_FILE, INDEX_FILE, CLASSES_FILE, QUALITY_REPORT_FILE, IGNORED_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def prepare(out_dir: str | Path, data: DataParams, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Run the stage: index the data of the `data` section into `out_dir`; return dataset.json's content.
 
     source=synthetic generates the tree into out_dir/images from data.synthetic; the others
-    read data.root (relative paths: against the cwd).
+    read data.root (relative paths: against the cwd). The previous run's files are removed first,
+    so a failed run leaves only what it wrote (with data.on_bad_image=fail, its quality report).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous(out_dir)
     source, root = data.source, data.root
     if source == "synthetic":
         tree = out_dir / IMAGES_DIR

@@ -69,3 +69,23 @@ def check_before_work(params: Params, source: str, prepared_dir: str | Path) -> 
     """What the train and evaluate stages check first: this machine, then the dataset."""
     check_runtime(params, source)
     check_dataset(params, prepared_dir, source)
+
+
+def check_shards(params: Params, shards_dir: str | Path, source: str = "params.yaml",
+                 splits: tuple[str, ...] = ("train", "val")) -> None:
+    """The shards, mean.npy and pca.json as their manifest lists them (each file's size and sha256, once per
+    process: the loaders then reuse the check), and model.crop_size within the stored images.
+
+    Checked before the flow starts: inside a task a damaged shard would fail after a retry that
+    cannot mend it, with a traceback, seconds into the work.
+    """
+    from alexnet.data.shards import MANIFEST_FILE, ShardSet, load_stats, read_manifest
+
+    stored = int(read_manifest(shards_dir)["stored_size"])
+    if params.model.crop_size > stored:
+        raise ParamsError(f"{source}: model.crop_size: {params.model.crop_size} is larger than the {stored} px the "
+                          f"shards store ({Path(shards_dir) / MANIFEST_FILE}); lower it, or preprocess with "
+                          f"preprocess.stored_size >= {params.model.crop_size}")
+    load_stats(shards_dir)
+    for split in splits:
+        ShardSet(shards_dir, split)

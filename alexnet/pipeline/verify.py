@@ -5,7 +5,8 @@ Three checks, one line per problem, exit 1 if any:
   - every DVC cache object against its own name (the md5 of its bytes): an object that no
     longer matches was damaged in place (e.g. through a hardlink from the workspace), and DVC
     would restore that damage on every checkout and never rebuild it (it trusts the name);
-  - every output recorded in dvc.lock against its md5 there;
+  - every output recorded in dvc.lock against its md5 there (a folder file by file through its
+    listing in the cache; a folder with `cache: false` has none, so it is hashed whole, as DVC does);
   - the shards, mean.npy and pca.json against the sha256 in their manifest.json.
 --repair deletes the damaged cache objects (and only them): `dvc repro` then rebuilds what they
 held, and `dvc checkout` restores the rest. A damaged workspace file is never overwritten here.
@@ -55,6 +56,37 @@ def bad_cache_objects(objects: Path) -> Iterator[tuple[Path, str]]:
                 yield obj, actual
 
 
+def dir_md5(folder: Path) -> str:
+    """The md5 DVC records for a folder output: that of its listing, the JSON of every file's md5 and
+    posix path relative to the folder, sorted by path (dvc_data's Tree.as_bytes), plus ".dir"."""
+    entries = [{"md5": md5_of(file), "relpath": file.relative_to(folder).as_posix()}
+               for file in folder.rglob("*") if file.is_file()]
+    listing = json.dumps(sorted(entries, key=lambda e: e["relpath"]), sort_keys=True)
+    return hashlib.md5(listing.encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def _file_problems(path: Path, md5: str) -> Iterator[str]:
+    if not path.is_file():
+        yield f"{path}: missing (dvc.lock records md5 {md5})"
+    elif (actual := md5_of(path)) != md5:
+        yield f"{path}: md5 {actual} differs from dvc.lock's {md5}"
+
+
+def _folder_problems(path: Path, md5: str, objects: Path) -> Iterator[str]:
+    listing = objects / md5[:2] / md5[2:]
+    if listing.is_file() and md5_of(listing) == md5.removesuffix(".dir"):
+        for entry in json.loads(listing.read_text()):
+            yield from _file_problems(path / entry["relpath"], entry["md5"])
+        return
+    # No sound listing in the cache: an output with `cache: false` (reports/train) never has one, and
+    # a damaged listing is named among the cache objects. The folder is hashed as DVC hashes it, so a
+    # healthy run passes and a changed folder is named (which of its files changed needs the listing).
+    if not path.is_dir():
+        yield f"{path}: missing (dvc.lock records md5 {md5})"
+    elif (actual := dir_md5(path)) != md5:
+        yield f"{path}: folder md5 {actual} differs from dvc.lock's {md5} (a file in it was changed, added or removed)"
+
+
 def lock_problems(root: Path, objects: Path) -> Iterator[str]:
     """Outputs in dvc.lock whose workspace bytes differ from the md5 recorded there."""
     lock_path = root / DVC_LOCK_FILE
@@ -64,24 +96,10 @@ def lock_problems(root: Path, objects: Path) -> Iterator[str]:
     for stage in (lock.get("stages") or {}).values():
         for out in stage.get("outs") or []:
             path, md5 = root / out["path"], str(out.get("md5", ""))
-            if not md5:
-                continue
-            if not md5.endswith(".dir"):
-                if not path.is_file():
-                    yield f"{path}: missing (dvc.lock records md5 {md5})"
-                elif (actual := md5_of(path)) != md5:
-                    yield f"{path}: md5 {actual} differs from dvc.lock's {md5}"
-                continue
-            listing = objects / md5[:2] / md5[2:]
-            if not listing.is_file() or md5_of(listing) != md5.removesuffix(".dir"):
-                yield f"{path}: dvc.lock's listing {md5} is not in the cache (or damaged); cannot check the files"
-                continue
-            for entry in json.loads(listing.read_text()):
-                file = path / entry["relpath"]
-                if not file.is_file():
-                    yield f"{file}: missing (dvc.lock records md5 {entry['md5']})"
-                elif (actual := md5_of(file)) != entry["md5"]:
-                    yield f"{file}: md5 {actual} differs from dvc.lock's {entry['md5']}"
+            if md5.endswith(".dir"):
+                yield from _folder_problems(path, md5, objects)
+            elif md5:
+                yield from _file_problems(path, md5)
 
 
 def shard_problems(shards: Path) -> Iterator[str]:

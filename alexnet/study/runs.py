@@ -20,6 +20,7 @@ from typing import Any
 
 from alexnet.config.params import flatten
 from alexnet.core.provenance import git_commit
+from alexnet.core.signals import stop_requested
 from alexnet.data.shards import data_version
 from alexnet.pipeline.steps import InOrder, Steps
 from alexnet.study.data import StudyData, build_dataset
@@ -194,7 +195,8 @@ def run_one(spec: StudySpec, call: RunCall, paths: StudyPaths, run: StudyRun,
         try:
             trained = train_member(0, params, prepared_dir=call.data.prepared, shards_dir=call.data.shards,
                                    models_dir=where / "models", history_dir=where / "history",
-                                   checkpoints_dir=where / "checkpoints", on_epoch=after_epoch, progress=False)
+                                   checkpoints_dir=where / "checkpoints", on_epoch=after_epoch, progress=False,
+                                   should_stop=stop_requested)  # SIGTERM & co: checkpoint now, resume later
         except FloatingPointError as err:  # a fact of the run, the same on every retry: a row that says so
             row.update(failed_row(str(err)))
             _history_until_failure(params, call, where)

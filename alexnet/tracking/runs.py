@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.config.params import flatten_mapping
+from alexnet.tracking.credentials import redact
 from alexnet.tracking.owners import OWNER_TAG, PARENT_TAG, end_orphaned_parents, owner
 from alexnet.tracking.store import TrackingUnavailable, _is_local
 
@@ -81,8 +82,9 @@ def one_line(err: BaseException) -> str:
 
 
 def _flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
-    # Lists as JSON; 6000 characters is MLflow's limit on a param value.
-    return {name: (json.dumps(v) if isinstance(v, list | tuple | dict) else str(v))[:6000]
+    # Lists as JSON; 6000 characters is MLflow's limit on a param value. A server URI's password is
+    # never a param (tracking.uri as the user wrote it may carry one: alexnet/tracking/credentials.py).
+    return {name: redact(json.dumps(v) if isinstance(v, list | tuple | dict) else str(v))[:6000]
             for name, v in flatten_mapping(params).items()}
 
 

@@ -4,7 +4,9 @@ Where runs go (`resolve_tracking_uri`): params' tracking.uri, else $MLFLOW_TRACK
 `sqlite:///<project root>/mlflow.db`. Relative sqlite/file paths are resolved against the project
 root, never the cwd; `portable_uri` turns a store inside the project back into that relative form,
 so a record of it (models/tracking.json) still means the copy's own store in a copied project.
-`check_tracking` fails fast, naming the store: a dead server, an unwritable folder, a locked database.
+`check_tracking` fails fast, naming the store: a dead server, refused credentials, an unwritable
+folder, a locked database. Credentials in a server URI leave it here (alexnet/tracking/credentials.py):
+every URI past `resolve_tracking_uri` is bare.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from urllib.parse import urlparse
 
 from alexnet.core.cli import InputError
 from alexnet.core.layout import ARTIFACTS_DIR
+from alexnet.tracking.credentials import ENV_PASSWORD, ENV_USER, auth_header, take_credentials
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 DB_NAME = "mlflow.db"
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 3.0  # /health: a dead server fails fast
+AUTH_PROBE_TIMEOUT_S = 30.0  # an authenticated request: the server hashes the password (PBKDF2), slow when busy
 
 
 class TrackingUnavailable(InputError):
@@ -34,9 +38,23 @@ def resolve_tracking_uri(param_uri: str | None, project_root: Path) -> str:
     temporary copy at the project's store, without editing params.yaml (and where runs are logged
     is no training param: changing it reruns nothing).
     """
-    root = Path(project_root).resolve()
+    root = home_project(project_root)
+    if os.environ.get(ENV_URI):
+        os.environ[ENV_URI] = take_credentials(os.environ[ENV_URI])  # MLflow reads it too: bare there as well
     uri = os.environ.get(ENV_URI) or param_uri or f"sqlite:///{DB_NAME}"
-    return _absolute(uri, root)
+    return _absolute(take_credentials(uri), root)
+
+
+def home_project(project_root: Path) -> Path:
+    """The project itself, or for a copy `dvc exp run --temp` made (<project>/.dvc/tmp/exps/<copy>) the
+    project it copies: a store inside the copy would go when DVC deletes it, and every run and
+    registered version with it. Local stores, their artifacts and their records resolve against this."""
+    root = Path(project_root).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
 
 
 def _absolute(uri: str, root: Path) -> str:
@@ -57,7 +75,7 @@ def _absolute(uri: str, root: Path) -> str:
 def local_artifact_root(uri: str, project_root: Path) -> Path | None:
     """<root>/mlartifacts for a local store (sqlite, file); None for a server, which has its own."""
     if _is_local(uri):
-        return Path(project_root).resolve() / ARTIFACTS_DIR
+        return home_project(project_root) / ARTIFACTS_DIR
     return None
 
 
@@ -76,17 +94,7 @@ def check_tracking(uri: str) -> None:
                   f"--port {urlparse(uri).port or 5000}`), or unset {ENV_URI} and tracking.uri in params.yaml "
                   f"to log to the project's sqlite:///{DB_NAME}")
     if scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S) as response:
-                status = response.status
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingUnavailable(
-                f"MLflow tracking server {uri} is not reachable ({reason}); {fix_server}") from None
-        if status != 200:
-            raise TrackingUnavailable(f"MLflow tracking server {uri} answered {health} with HTTP {status}; "
-                                      f"{fix_server}")
+        _check_server(uri, fix_server)
         return
     if scheme == "sqlite":
         path = uri.removeprefix("sqlite:///")
@@ -99,6 +107,32 @@ def check_tracking(uri: str) -> None:
         return
     if scheme in ("file", ""):
         _check_writable(Path(urlparse(uri).path if scheme else uri), uri, "store folder")
+
+
+def _check_server(uri: str, fix_server: str) -> None:
+    """The server answers /health, and an authenticated request with the credentials MLflow will send."""
+    base = take_credentials(uri).rstrip("/")
+    status = _status(f"{base}/health", {}, f"MLflow tracking server {base} is not reachable", fix_server,
+                     PROBE_TIMEOUT_S)
+    if status != 200:
+        raise TrackingUnavailable(f"MLflow tracking server {base} answered /health with HTTP {status}; {fix_server}")
+    status = _status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", auth_header(),
+                     f"MLflow tracking server {base} stopped answering", fix_server, AUTH_PROBE_TIMEOUT_S)
+    if status in (401, 403):
+        user = os.environ.get(ENV_USER)
+        who = f"the credentials of user {user!r}" if user else "a request without credentials"
+        raise TrackingUnavailable(f"MLflow tracking server {base} refused {who} (HTTP {status}); set {ENV_USER} and "
+                                  f"{ENV_PASSWORD} (or user:password@ in the URI) to an account it knows")
+
+
+def _status(url: str, headers: dict[str, str], what: str, fix: str, timeout: float) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingUnavailable(f"{what} ({getattr(err, 'reason', err)}); {fix}") from None
 
 
 def _check_not_locked(path: Path, uri: str) -> None:
@@ -131,7 +165,7 @@ def _check_writable(folder: Path, uri: str, what: str) -> None:
 
 def portable_uri(uri: str, project_root: Path) -> str:
     """`uri` relative to the project if it is a local store inside it (sqlite:///mlflow.db), else as is."""
-    root = Path(project_root).resolve()
+    root = home_project(project_root)
     scheme = urlparse(uri).scheme
     if scheme == "sqlite" and uri.startswith("sqlite:////"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -144,5 +178,5 @@ def portable_uri(uri: str, project_root: Path) -> str:
 
 def uri_in_project(uri: str, project_root: Path) -> str:
     """A recorded URI made absolute against `project_root` (the inverse of portable_uri)."""
-    return _absolute(uri, Path(project_root).resolve())
+    return _absolute(uri, home_project(project_root))
 

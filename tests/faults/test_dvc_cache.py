@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -27,6 +28,13 @@ os.makedirs("out", exist_ok=True)
 for i in range(2):
     with open(f"out/shard-{i}.bin", "wb") as f:
         f.write(bytes([i + 1]) * 4096)
+"""
+MAKE_NESTED = """\
+import os
+os.makedirs("out/sub", exist_ok=True)
+for name in ("member-0.csv", "sub/member-1.csv"):
+    with open(f"out/{name}", "w") as f:
+        f.write("epoch,loss\\n1,0.5\\n")
 """
 GOOD = {f"shard-{i}.bin": hashlib.md5(bytes([i + 1]) * 4096).hexdigest() for i in range(2)}
 
@@ -136,3 +144,28 @@ def test_verify_names_a_shard_that_differs_from_its_manifest(tmp_path, tiny_prep
     assert found.returncode == 1 and (shards / MANIFEST_FILE).is_file()
     for victim in victims:
         assert f"{victim.relative_to(tmp_path)}: sha256" in found.stdout, found.stdout
+
+
+def test_verify_hashes_a_folder_output_that_dvc_does_not_cache(tmp_path):
+    # reports/train is `cache: false`: dvc.lock records its md5 but the cache holds no listing.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run(repo, "git", "init", "-q")
+    run(repo, "dvc", "init", "-q")
+    run(repo, "dvc", "config", "core.analytics", "false")
+    (repo / "make.py").write_text(MAKE_NESTED)
+    (repo / "dvc.yaml").write_text("stages:\n  make:\n    cmd: python make.py\n    deps: [make.py]\n"
+                                   "    outs:\n      - out:\n          cache: false\n")
+    run(repo, "dvc", "repro", "-q")
+    verify = (sys.executable, "-m", "alexnet.verify", "--root", str(repo), "--shards", "absent")
+    healthy = run(tmp_path, *verify, check=False)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+    with open(repo / "out" / "sub" / "member-1.csv", "a") as f:
+        f.write("2,0.4\n")
+    changed = run(tmp_path, *verify, check=False)
+    assert changed.returncode == 1
+    lines = changed.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{repo / 'out'}: folder md5 "), changed.stdout
+    recorded = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["make"]["outs"][0]["md5"]
+    assert f"differs from dvc.lock's {recorded}" in lines[0]

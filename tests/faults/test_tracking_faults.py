@@ -20,6 +20,7 @@ from alexnet.evaluation.members import predict_member
 from alexnet.pipeline.evaluate import log_evaluation, member_models, write_reports
 from alexnet.pipeline.paths import EvalPaths, TrainPaths
 from alexnet.pipeline.train import finish_ensemble_tracking, start_ensemble_tracking, train_logged_member
+from alexnet.tracking.lifecycle import registered_name
 from alexnet.tracking.runs import Tracker
 from alexnet.tracking.store import TrackingUnavailable
 from tests.tiny import tiny_params
@@ -154,4 +155,5 @@ def test_evaluate_in_a_copied_project_logs_into_the_copys_store(data, tmp_path):
     assert sha256(original / "mlflow.db") == before
     copied = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
     assert "center.top1_err" in copied.get_run(run.parent).data.metrics
-    assert str(copied.get_model_version_by_alias(params.tracking.registered_model, "champion").version) == "1"
+    champion = copied.get_model_version_by_alias(registered_name(params.tracking, params.data), "champion")
+    assert str(champion.version) == "1"

@@ -123,3 +123,28 @@ def test_a_kill_between_a_checkpoint_and_its_sidecar_falls_back_to_the_previous(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-x", "-q"]))
+
+
+class _RunsCode:
+    """A pickle that, loaded without weights_only, would run a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_code_running_pickle_with_a_matching_sidecar_runs_nothing_and_says_what_it_is(tmp_path):
+    import hashlib
+
+    path, marker = tmp_path / "model.pt", tmp_path / "code-ran"
+    torch.save({"model": _RunsCode(marker)}, path)
+    sidecar(path).write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  model.pt\n")  # as if ours
+    with pytest.raises(ValueError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not a weights file this project wrote")
+    assert "weights_only=False" not in message and not marker.exists()
