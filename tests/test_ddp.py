@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from alexnet.config.params import ParamsError, parse_params
 from alexnet.core.layout import MODEL_FILE, member_name
+from alexnet.tracking.lifecycle import experiment_name
 from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.distributed import check_fits, torchrun_command
 from alexnet.training.member import MemberPaths, run_key, train_member
@@ -153,7 +154,8 @@ def stage_run(data, tmp_path_factory):
 def test_a_two_rank_member_has_one_mlflow_run_and_one_checkpoint_writer(stage_run):
     root, raw, done = stage_run
     client = MlflowClient(raw["tracking"]["uri"])
-    experiment = client.get_experiment_by_name("test-ddp")
+    params = parse_params(raw)
+    experiment = client.get_experiment_by_name(experiment_name(params.tracking, params.data))
     runs = client.search_runs([experiment.experiment_id])
     names = sorted(r.info.run_name for r in runs)
     assert names == ["ensemble-1", member_name(0)], names  # the parent and one run for the member

@@ -215,7 +215,9 @@ def test_every_run_trains_once_and_a_failed_one_resumes(finished):
                                                  "no_lrn/seed-0", "no_lrn/seed-1", "tune/tuned/train.lr=0.001",
                                                  "tune/tuned/train.lr=0.02", "tuned/seed-0", "tuned/seed-1"]
     client = MlflowClient(f"sqlite:///{finished['root'] / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("test-study").experiment_id])
+    experiments = [e for e in client.search_experiments() if e.name.startswith("test-study.")]  # .<dataset>
+    assert len(experiments) == 1, [e.name for e in experiments]
+    runs = client.search_runs([experiments[0].experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 9 and all(r.info.status == "FINISHED" for r in runs)
 

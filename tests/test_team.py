@@ -17,6 +17,7 @@ import yaml
 from pg import free_port, postgres_cluster
 
 from alexnet.config.params import parse_params
+from alexnet.tracking.lifecycle import registered_name
 from tests.tiny import build_tiny_data, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,8 @@ def test_servers_on_postgres_track_two_ensembles_and_move_champion(own_tmp):
                       "--metrics", str(out / "metrics.json")], env=env)
                 errors[name] = json.loads((out / "metrics.json").read_text())["ten_crop"]["top1_err"]
                 client = MlflowClient(uri)
-                champion = client.get_model_version_by_alias("team-ensemble", "champion")
+                params = parse_params(raw)
+                champion = client.get_model_version_by_alias(registered_name(params.tracking, params.data), "champion")
                 if name == "untrained":
                     assert champion.version == "1"
             assert errors["trained"] < errors["untrained"], f"training did not help on the tiny set: {errors}"
