@@ -15,6 +15,7 @@ from alexnet.config.params import parse_params
 from alexnet.data.shards import ShardSet, data_version
 from alexnet.evaluation.reports import load_probs
 from alexnet.pipeline.paths import EvalPaths, TrainPaths
+from alexnet.tracking.lifecycle import registered_name
 from alexnet.tracking.state import read_tracking_state
 from alexnet.training.metrics import topk_errs
 from tests.tiny import build_tiny_data, tiny_params
@@ -65,7 +66,7 @@ def project(tmp_path_factory, harness, data_dirs):
     metrics = evaluate_ensemble_flow(params, EvalPaths(reports=root / "reports", metrics=root / "metrics.json",
                                                        **common))
     return {"root": root, "train_state": train_state, "metrics": metrics, "fault": fault,
-            "shards": data_dirs / "shards"}
+            "shards": data_dirs / "shards", "params": params}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,8 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(project):
 def test_the_ensemble_is_registered_with_the_champion_alias(project):
     state = read_tracking_state(project["root"] / "models" / "tracking.json")
     client = MlflowClient(state["uri"])
-    version = client.get_model_version_by_alias("alexnet-ensemble", "champion")
+    version = client.get_model_version_by_alias(registered_name(project["params"].tracking, project["params"].data),
+                                                "champion")
     assert float(version.tags["metric_value"]) == pytest.approx(project["metrics"]["ten_crop"]["top1_err"])
 
 
@@ -171,3 +173,4 @@ def test_pipeline_deployment_carries_its_cron_schedule(harness):
     assert [s.schedule.cron for s in stored.schedules] == [NIGHTLY_CRON]
     assert stored.schedules[0].schedule.timezone == "UTC"
     assert stored.parameters == {"project": str(Path.cwd())}
+    assert stored.global_concurrency_limit.limit == 1 and stored.concurrency_options.collision_strategy == "ENQUEUE"
