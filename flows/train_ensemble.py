@@ -20,20 +20,25 @@ from alexnet.config.sections import Params
 from alexnet.pipeline.paths import TrainPaths
 from alexnet.pipeline.placement import member_devices, members_at_once, ray_resources
 from alexnet.pipeline.train import MemberHook, StopCheck, train_ensemble
-from flows import retry_unless_hopeless, runners
+from alexnet.tracking.state import read_tracking_state
+from flows import retry_unless_hopeless, runners, watch
 from flows.steps import PrefectSteps
 
 
 @flow(name="train-ensemble")
 def train_ensemble_flow(params: Params, paths: TrainPaths, on_epoch: MemberHook | None = None,
                         should_stop: StopCheck | None = None, retries: int | None = None) -> list[dict[str, Any]]:
-    """The flow `train_ensemble` runs, on the task runner ensemble.runner names."""
+    """The flow `train_ensemble` runs, on the task runner ensemble.runner names; each member's progress
+    artifact, updated every epoch, and at the end a table of the members and a link to the MLflow run."""
+    watch.bars_on_terminal_only()
     steps = PrefectSteps({"train-member": dict(
         retries=params.ensemble.retries if retries is None else retries, retry_delay_seconds=1,
         retry_condition_fn=retry_unless_hopeless, task_run_name="train-member-{index}")})
     ray = params.ensemble.runner == "ray"
     with runners.member_options(ray_resources(params)) if ray else contextlib.nullcontext():
-        return train_ensemble(params, paths, steps, on_epoch, should_stop)
+        results = train_ensemble(params, paths, steps, watch.EpochProgress(on_epoch), should_stop)
+    watch.report_training(results, read_tracking_state(paths.tracking_state))
+    return results
 
 
 def run_train_flow(params: Params, paths: TrainPaths, on_epoch: MemberHook | None = None,

@@ -10,7 +10,10 @@ run (here in order, or as Prefect tasks on threads, processes or Ray) is the `St
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +21,35 @@ from typing import Any
 
 from alexnet.config.params import flatten
 from alexnet.config.sections import Params
+from alexnet.core.atomic import atomic_write_json
 from alexnet.core.layout import DVC_LOCK_FILE, MEMBER_SUMMARY_FILE, member_name
-from alexnet.core.provenance import dvc_lock_version, git_commit
+from alexnet.core.provenance import dvc_lock_version
 from alexnet.data.shards import data_version
 from alexnet.pipeline.paths import TrainPaths
 from alexnet.pipeline.placement import member_devices, members_at_once, placed, placed_in_this_process
 from alexnet.pipeline.steps import InOrder, Steps
-from alexnet.tracking.lifecycle import dataset_name, entry_point, experiment_name, failed_on_error, finish
+from alexnet.tracking.lifecycle import (
+    dataset_name,
+    entry_point,
+    experiment_name,
+    failed_on_error,
+    finish,
+    source_commit,
+    system_metrics,
+)
 from alexnet.tracking.runs import Tracker, provenance_tags
 from alexnet.tracking.state import write_tracking_state
 from alexnet.tracking.store import check_tracking, local_artifact_root, resolve_tracking_uri
-from alexnet.training.member import train_member
+from alexnet.training.member import member_seed, train_member
 
 log = logging.getLogger(__name__)
 
-# Called after each epoch of a member, with the member's index and the epoch's row (train.fit's),
-# once its checkpoint is written: what it raises fails that attempt (the retry resumes there).
+# Called after each epoch of a member, with the member's index and the epoch's row (train.fit's, plus
+# `epochs`: train.epochs, and `eta_s`: the seconds left at this attempt's pace), once its checkpoint is
+# written: what it raises fails that attempt (the retry resumes there).
 MemberHook = Callable[[int, dict[str, float]], None]
+# A member's speed in its summary's final row: a timing, which goes to MLflow, not into a DVC output.
+TIMINGS = ("images_per_s",)
 # Asked after every training step: True stops the member with a checkpoint of the epoch in progress.
 StopCheck = Callable[[], bool]
 
@@ -82,7 +97,7 @@ def start_ensemble_tracking(params: Params, paths: TrainPaths) -> EnsembleRun:
     tracker = Tracker(uri, experiment_name(params.tracking, params.data),
                       artifact_root=local_artifact_root(uri, paths.root))
     version = data_version(paths.shards)
-    tags = provenance_tags(source=entry_point(paths.root), git_commit=git_commit(paths.root), data_version=version,
+    tags = provenance_tags(source=entry_point(paths.root), git_commit=source_commit(paths.root), data_version=version,
                            dataset=dataset_name(params.data), devices=params.model.devices)
     dvc_version = dvc_lock_version("preprocess", paths.root / DVC_LOCK_FILE) or "unknown"
     members = params.ensemble.members
@@ -109,23 +124,60 @@ def train_logged_member(index: int, params: Params, paths: TrainPaths, run: Ense
     attempt that raises leaves the run FAILED.
     """
     name, tracker = member_name(index), run.tracker
+    group = ",".join(params.model.devices)  # its device group from ensemble.devices: the same on every attempt
     params = placed_in_this_process(params)  # a Ray task trains on the GPUs Ray gave it
-    log.info("training %s on %s", name, list(params.model.devices))
-    run_id = tracker.start_member(run.parent, name, params={"member": index}, tags={**run.tags, "member": name})
+    devices = ",".join(params.model.devices)
+    log.info("training %s on %s", name, devices)
+    run_id = tracker.start_member(run.parent, name, params={
+        "member": index, "seed": member_seed(params.train.seed, index), "placement": group},
+        tags={**run.tags, "member": name, "devices": devices})
     _log_shards(run, run_id)
+    eta = _EpochClock(params.train.epochs)
 
     def after_epoch(row: dict[str, float]) -> None:
         tracker.log_epoch(run_id, row, step=int(row["epoch"]))
         if on_epoch is not None:
-            on_epoch(index, row)
+            on_epoch(index, {**row, "epochs": params.train.epochs, "eta_s": eta.left(int(row["epoch"]))})
 
-    with failed_on_error(tracker, run_id):
+    with failed_on_error(tracker, run_id), system_metrics(tracker, run_id):
         result = train_member(index, params, prepared_dir=paths.prepared, shards_dir=paths.shards,
-                              models_dir=paths.models, history_dir=paths.history,
-                              checkpoints_dir=paths.checkpoints, on_epoch=after_epoch, should_stop=should_stop)
+                              models_dir=paths.models, history_dir=paths.history, checkpoints_dir=paths.checkpoints,
+                              on_epoch=after_epoch, progress=_on_terminal(), should_stop=should_stop)
+    summary = Path(result["model"]).parent / MEMBER_SUMMARY_FILE
+    _drop_timings(summary)
     # The member's files are complete: a store failing now warns and `sync` catches up later.
-    finish(tracker, run_id, [Path(result["history"]), Path(result["model"]).parent / MEMBER_SUMMARY_FILE])
+    finish(tracker, run_id, [Path(result["history"]), summary])
     return {**result, "run_id": run_id}
+
+
+def _on_terminal() -> bool:
+    """Progress bars only where someone watches them: a log file gets the epoch lines, no bar redraws.
+    (tqdm's own check, made explicit: a member in a process of its own asks its inherited stream.)"""
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def _drop_timings(summary: Path) -> None:
+    """The summary (in the `models` output, hashed in dvc.lock) without the run's speed, so that the same
+    training writes the same bytes; the speed is in MLflow (`images_per_s`) and in the Prefect table."""
+    data = json.loads(summary.read_text())
+    final = data.get("final") or {}
+    if any(key in final for key in TIMINGS):
+        data["final"] = {k: v for k, v in final.items() if k not in TIMINGS}
+        atomic_write_json(summary, data)
+
+
+class _EpochClock:
+    """The seconds left of a member's train.epochs, at this attempt's pace (a resumed attempt's earlier epochs
+    not counted): what the epoch log line's ETA says, for the hooks that show it elsewhere."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.began, self.first = epochs, time.monotonic(), None
+
+    def left(self, done: int) -> float:
+        if self.first is None:
+            self.first = done - 1  # the epochs before this attempt
+        per_epoch = (time.monotonic() - self.began) / max(done - self.first, 1)
+        return max(self.epochs - done, 0) * per_epoch
 
 
 def finish_ensemble_tracking(run: EnsembleRun, results: Sequence[Mapping[str, Any]], tracking_state: Path) -> None:
