@@ -145,9 +145,7 @@ def process_group(devices: Sequence[str], replicas: int, timeout_s: int) -> Iter
     timeout = datetime.timedelta(seconds=timeout_s)
     try:
         store, _, _ = next(dist.rendezvous("env://", ranks.rank, ranks.world_size, timeout=timeout))
-        # torchrun's agent keeps its store across restarts: without a prefix per attempt a restarted
-        # rank can read a dead rank's address from the attempt before and fail to connect.
-        store = dist.PrefixStore(f"alexnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        store = dist.PrefixStore(f"alexnet/round-{_round(store, ranks.world_size)}", store)
         dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size, timeout=timeout)
     except (RuntimeError, dist.DistError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -158,6 +156,18 @@ def process_group(devices: Sequence[str], replicas: int, timeout_s: int) -> Iter
         yield ranks
     finally:
         dist.destroy_process_group()
+
+
+def _round(store: dist.Store, world_size: int) -> int:
+    """Which start of the group this is, the same number on every rank.
+
+    torchrun's agent keeps its store across restarts: without a prefix per start, a restarted rank
+    can read a dead rank's address from the start before and fail to connect. torchrun's own
+    TORCHELASTIC_RESTART_COUNT cannot be that prefix across hosts: it counts per node, so the node
+    whose rank failed restarts as attempt 1 and the others, restarted for the new membership, as 0.
+    Each start, every rank joins once: the count of joins says the start.
+    """
+    return (store.add("alexnet/joins", 1) - 1) // world_size
 
 
 def _reachable(host: str, port: int, timeout_s: float) -> bool:
