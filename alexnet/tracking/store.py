@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -83,6 +84,20 @@ def _is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("sqlite", "file", "")
 
 
+# MLflow's own defaults retry a call to a server that has gone for about four minutes (7 retries,
+# the backoff doubling up to 120 s, each try up to 120 s), and a stage's best-effort logging would
+# stall that long per call while its host is down. These bound a call to about half a minute on an
+# unreachable host; a user's own settings of the same variables win.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_http_retries(env: MutableMapping[str, str] = os.environ) -> None:
+    """MLflow's HTTP retries bounded for this process and its children (HTTP_RETRIES), unless set."""
+    for key, value in HTTP_RETRIES.items():
+        env.setdefault(key, value)
+
+
 def check_tracking(uri: str) -> None:
     """Fail fast, before any training, if runs cannot be logged to `uri`.
 
@@ -95,6 +110,7 @@ def check_tracking(uri: str) -> None:
                   f"to log to the project's sqlite:///{DB_NAME}")
     if scheme in ("http", "https"):
         _check_server(uri, fix_server)
+        bound_http_retries()
         return
     if scheme == "sqlite":
         path = uri.removeprefix("sqlite:///")
