@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Stage commands (python -m stages.*) must run in the venv's interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-fast bench lint clean-venv servers servers-status servers-stop
+.PHONY: install run test test-fast test-cluster bench lint clean-venv servers servers-status servers-stop
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ run: install
 # runs in one process.
 TEST_WORKERS ?= 2
 test: install
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not cluster"
 
 test-fast: install
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not cluster"
+
+# Hosts as network namespaces on this machine (root; docs/scale-out.md; skipped where namespaces
+# cannot be made). One process: the clusters' own servers and members already share the 2 cores,
+# and a Ray node declared dead under a second file's load was not retried in time.
+test-cluster: install
+	python -m pytest -q -m cluster
 
 bench: install
 	python benchmarks/preprocess.py

@@ -28,8 +28,8 @@ from scipy.io import savemat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alexnet.data import ilsvrc  # noqa: E402
 from alexnet.core.layout import MANIFEST_FILE, MEAN_FILE, PCA_FILE  # noqa: E402
+from alexnet.data import ilsvrc  # noqa: E402
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

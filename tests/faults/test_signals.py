@@ -32,7 +32,7 @@ STOPPED_WITHIN_S = 30  # a tiny step takes milliseconds; the rest is the flow re
 
 def dvc_project(root: Path, data: Path) -> Path:
     root.mkdir()
-    raw = tiny_params(epochs=40)
+    raw = tiny_params(epochs=16)  # enough left to interrupt after the first checkpoint
     raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "signals"}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     cmd = (f"{sys.executable} -m stages.train --params params.yaml --prepared {data / 'prepared'} "
