@@ -16,17 +16,12 @@ import yaml
 
 from alexnet.config.params import parse_params
 from alexnet.tracking.lifecycle import experiment_name
+from tests.gitproject import commit_project, sh
 from tests.tiny import build_tiny_data, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUEUE_TIMEOUT_S = 1500.0  # two tiny trainings one after the other, on a busy 2-core machine
-
-
-def sh(cwd: Path, *cmd: str, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
 
 
 def sweep_project(root: Path, data: Path) -> tuple[Path, dict]:
@@ -45,11 +40,7 @@ def sweep_project(root: Path, data: Path) -> tuple[Path, dict]:
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
         "cmd": cmd, "params": ["train"], "outs": ["models", {"history": {"cache": False}}]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\ncheckpoints/\n")
-    sh(project, "git", "init", "-q", env=env)
-    sh(project, "dvc", "init", "-q", env=env)
-    sh(project, "dvc", "config", "core.analytics", "false", env=env)
-    sh(project, "git", "add", "-A", env=env)
-    sh(project, "git", "commit", "-qm", "project", env=env)
+    commit_project(project, env)
     return project, env
 
 

@@ -73,15 +73,20 @@ def namespaces() -> list[str]:
 def remove(names: Sequence[str]) -> None:
     """Kill every process in each namespace, then delete it (its interfaces go with it)."""
     for ns in names:
-        for _ in range(50):  # a dying server may still fork: kill until the namespace is empty
-            pids = namespace_pids(ns)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        kill_all(ns)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def kill_all(ns: str) -> None:
+    """SIGKILL every process in namespace `ns` until none is left (a dying server may still fork)."""
+    for _ in range(50):
+        pids = namespace_pids(ns)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _owner_alive(pid: int) -> bool:
@@ -166,14 +171,7 @@ class Host:
         processes die (OOM, a crash, a reboot). With the link cut first, peers learn only from their
         own timeouts: Ray's driver then waited on a task of the dead node for minutes.
         """
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        kill_all(self.ns)
         _ip("-n", self.ns, "link", "set", "eth0", "down")
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -2,7 +2,6 @@
 the runs and the registered version must land in the project's own store, not the copy's."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from alexnet.tracking.store import home_project, resolve_tracking_uri
+from tests.gitproject import commit_project, sh
 from tests.tiny import build_tiny_data, tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,12 +22,6 @@ def test_a_temporary_copy_resolves_local_stores_against_its_project(tmp_path, mo
     assert home_project(copy) == tmp_path / "project" and home_project(tmp_path) == tmp_path
     assert resolve_tracking_uri(None, copy) == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
     assert resolve_tracking_uri("sqlite:///runs/db.sqlite", copy) == f"sqlite:///{tmp_path / 'project/runs/db.sqlite'}"
-
-
-def sh(cwd: Path, *cmd: str, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
 
 
 @pytest.mark.slow
@@ -52,11 +46,7 @@ def test_dvc_exp_run_temp_keeps_its_runs_and_registered_version(tmp_path):
         "evaluate": {"cmd": f"{sys.executable} -m stages.evaluate {common} --reports reports --metrics metrics.json",
                      "deps": ["models"], "outs": ["reports"], "metrics": [{"metrics.json": {"cache": False}}]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\nckpt/\n")
-    sh(project, "git", "init", "-q", env=env)
-    sh(project, "dvc", "init", "-q", env=env)
-    sh(project, "dvc", "config", "core.analytics", "false", env=env)
-    sh(project, "git", "add", "-A", env=env)
-    sh(project, "git", "commit", "-qm", "project", env=env)
+    commit_project(project, env)
 
     sh(project, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.02", env=env)
 
