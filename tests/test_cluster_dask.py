@@ -14,6 +14,7 @@ import yaml
 from cluster import cluster_of
 from cluster.docs import command
 from cluster.projects import FAULTS, wait_for_file
+from test_dask import outputs
 
 from alexnet.config.sections import PreprocessParams
 from alexnet.data import preprocess as stage
@@ -22,15 +23,11 @@ pytestmark = pytest.mark.cluster
 SPEC = dict(stored_size=64, format="raw", shard_size=3, workers=2)  # 6 train shards of the tiny tree
 
 
-def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 @pytest.fixture(scope="module")
 def local(tiny_prepared, tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("dask-local")
     stage.preprocess(tiny_prepared, out, PreprocessParams(**SPEC), progress=False)
-    return _outputs(out)
+    return outputs(out)
 
 
 def _start_cluster(hosts, logs: Path, fault: dict[str, str] | None = None) -> None:
@@ -63,7 +60,7 @@ def test_shards_built_on_two_remote_workers_equal_the_local_ones(tiny_prepared, 
         _start_cluster(hosts, tmp_path)
         _run_stage(hosts["head"], tmp_path, tiny_prepared, hosts["head"].ip)
         built = _shards_by_host(hosts["head"])
-    assert _outputs(tmp_path / "shards") == local
+    assert outputs(tmp_path / "shards") == local
     assert set(built) == {hosts["node1"].ip, hosts["node2"].ip} and all(built.values()), built
     assert sum(len(keys) for keys in built.values()) == sum(name.endswith(".done.json") for name in local)
 
@@ -94,4 +91,4 @@ def test_a_worker_host_going_down_mid_shard_still_gives_the_local_bytes(tiny_pre
         killer.join(timeout=10)
         assert list(stalls.iterdir()), "node2 never got a shard to build"
         assert not hosts["node2"].pids()  # it was down while the stage finished
-    assert _outputs(tmp_path / "shards") == local
+    assert outputs(tmp_path / "shards") == local

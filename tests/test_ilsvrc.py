@@ -39,13 +39,18 @@ def jpeg(rng, size=(50, 40), mode="RGB", fmt="JPEG") -> bytes:
     return buf.getvalue()
 
 
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]], links: list[tuple[str, bytes, str]] = ()) -> bytes:
+    """A tar of `members`, then one link member per (name, tarfile type, target) in `links`."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, kind, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
     return buf.getvalue()
 
 

@@ -3,7 +3,6 @@ class, links, devices. Every member is indexed, reported or ignored by name, nev
 
 Tars built with tarfile in the layout of tests/test_ilsvrc.py, prepared by the real prepare."""
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -19,21 +18,6 @@ from alexnet.data import ilsvrc
 from alexnet.data.prepare import BadImageError, prepare
 
 TRAIN = ilsvrc.TRAIN_TAR
-
-
-def tar_with_links(files: list[tuple[str, bytes]], links: list[tuple[str, bytes, str]]) -> bytes:
-    """A tar of `files`, then one link member per (name, tarfile type, target)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, kind, target in links:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = kind, target
-            tar.addfile(info)
-    return buf.getvalue()
 
 
 def release(root: Path, outer: list[tuple[str, bytes]], val: bytes | None = None) -> Path:
@@ -94,12 +78,12 @@ def test_links_inside_the_tars_are_reported_not_dropped(tmp_path):
     files = {w: class_images(rng, w, "", 2) for w in WNIDS}
     first = files[WNIDS[0]][0][0]
     inner = {w: tar_bytes(files[w]) for w in WNIDS}
-    inner[WNIDS[0]] = tar_with_links(files[WNIDS[0]], [("soft.JPEG", tarfile.SYMTYPE, first),
+    inner[WNIDS[0]] = tar_bytes(files[WNIDS[0]], [("soft.JPEG", tarfile.SYMTYPE, first),
                                                        ("hard.JPEG", tarfile.LNKTYPE, first)])
     outer_links = [(f"{WNIDS[0]}-copy.tar", tarfile.SYMTYPE, f"{WNIDS[0]}.tar")]
-    outer = tar_with_links([(f"{w}.tar", data) for w, data in inner.items()], outer_links)
+    outer = tar_bytes([(f"{w}.tar", data) for w, data in inner.items()], outer_links)
     val_name = "ILSVRC2012_val_00000001.JPEG"
-    val = tar_with_links([(val_name, jpeg(rng))], [("ILSVRC2012_val_00000002.JPEG", tarfile.LNKTYPE, val_name)])
+    val = tar_bytes([(val_name, jpeg(rng))], [("ILSVRC2012_val_00000002.JPEG", tarfile.LNKTYPE, val_name)])
     root = tmp_path / "release"
     release(root, [], val)
     (root / TRAIN).write_bytes(outer)

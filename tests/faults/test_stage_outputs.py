@@ -77,6 +77,13 @@ def test_a_failed_prepare_leaves_no_index_of_the_previous_run(tmp_path):
     assert list(pd.read_csv(out / QUALITY_REPORT_FILE)["path"]) == ["train/b/cut.png"]
 
 
+def _or_skip(cmd: list[str], what: str) -> None:
+    """Run `cmd`, or skip the test saying it cannot `what` here (its stderr)."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot {what}: {done.stderr.strip()}")
+
+
 @contextmanager
 def unwritable(kind: str, tmp_path: Path) -> Iterator[Path]:
     """An output path that root cannot write: `kind` says how."""
@@ -89,9 +96,7 @@ def unwritable(kind: str, tmp_path: Path) -> Iterator[Path]:
     elif kind == "a read-only mount":
         folder = tmp_path / "readonly"
         folder.mkdir()
-        done = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot make a read-only bind mount (needs root): {done.stderr.strip()}")
+        _or_skip(["mount", "--bind", "-o", "ro", str(folder), str(folder)], "make a read-only bind mount (needs root)")
         try:
             yield folder
         finally:
@@ -99,9 +104,7 @@ def unwritable(kind: str, tmp_path: Path) -> Iterator[Path]:
     else:  # an immutable folder
         folder = tmp_path / "immutable"
         folder.mkdir()
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot make a folder immutable (needs root and ext4-like support): {done.stderr.strip()}")
+        _or_skip(["chattr", "+i", str(folder)], "make a folder immutable (needs root and ext4-like support)")
         try:
             yield folder
         finally:
