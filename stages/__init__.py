@@ -56,9 +56,10 @@ def _bare(params: Params) -> Params:
     from alexnet.tracking.credentials import take_credentials
 
     uri = params.tracking.uri
-    if uri is None or take_credentials(uri) == uri:
+    bare = uri if uri is None else take_credentials(uri)
+    if bare == uri:
         return params
-    return params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": take_credentials(uri)})})
+    return params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": bare})})
 
 
 # OSErrors of a path that exit_code (alexnet/core/cli.py) would leave as a traceback: it reads a

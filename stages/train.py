@@ -42,14 +42,17 @@ GRACE_S = 60.0  # the longest a step may take before a stopped stage exits witho
 
 
 def work(params: Params, args: argparse.Namespace) -> None:
-    from alexnet.tracking.store import check_tracking, resolve_tracking_uri
+    from alexnet.tracking.store import check_tracking, in_home_project, resolve_tracking_uri
     from alexnet.training import distributed  # torch: imported once the params are known to be good
 
     check_before_work(params, args.params, args.prepared)  # this machine and the dataset, before Prefect starts
     check_shards(params, args.shards, args.params)  # every file as its manifest says: once, before any task
     check_tracking(resolve_tracking_uri(params.tracking.uri, Path(args.params).resolve().parent))  # one line
     member_devices(params)  # a pool too small for one member: one line, before the lock makes any folder
-    args.checkpoints = str(in_home_project(Path(args.checkpoints)))  # before the lock, the ranks and the flow
+    # In a copy `dvc exp run --queue/--temp` made, the checkpoints go to the project itself: DVC deletes the
+    # copy, and they must outlive it as the tracking store does. Experiments may share the folder: a
+    # checkpoint's name is keyed by everything that decides the weights.
+    args.checkpoints = str(in_home_project(Path(args.checkpoints))[1])  # before the lock, the ranks and the flow
     if distributed.under_torchrun():  # the process that launched torchrun (or the user) holds the lock
         train(params, args)
         return
@@ -58,20 +61,6 @@ def work(params: Params, args: argparse.Namespace) -> None:
             launch_ranks(params, args)
         else:
             train(params, args)
-
-
-def in_home_project(path: Path) -> Path:
-    """`path` in the project itself when it lies in a copy that `dvc exp run --queue/--temp` made
-    (<project>/.dvc/tmp/exps/<copy>/...): DVC deletes the copy, and checkpoints must outlive it, as the
-    tracking store does (alexnet/tracking/store.py's home_project). Experiments may share the folder:
-    a checkpoint's name is keyed by everything that decides the weights."""
-    from alexnet.tracking.store import home_project
-
-    resolved = path.resolve()
-    home = home_project(resolved)
-    if home == resolved:
-        return path  # not in a copy: as given
-    return home.joinpath(*resolved.parts[len(home.parts) + 4:])  # past .dvc/tmp/exps/<copy>
 
 
 def train(params: Params, args: argparse.Namespace) -> None:

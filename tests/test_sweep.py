@@ -87,13 +87,13 @@ def test_a_queued_two_point_sweep_keeps_its_runs_and_checkpoints_in_the_project(
 
 
 def test_a_folder_in_dvcs_copy_resolves_in_the_project_it_copies(tmp_path, monkeypatch):
-    from stages.train import in_home_project
+    from alexnet.tracking.store import in_home_project
 
     project = tmp_path / "project"
     copy = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
-    assert in_home_project(Path("checkpoints")) == project / "checkpoints"
-    assert in_home_project(copy / "state" / "ckpt") == project / "state" / "ckpt"
+    assert in_home_project(Path("checkpoints"))[1] == project / "checkpoints"
+    assert in_home_project(copy / "state" / "ckpt")[1] == project / "state" / "ckpt"
     monkeypatch.chdir(project)
-    assert in_home_project(Path("checkpoints")) == Path("checkpoints")  # the project itself: as given
+    assert in_home_project(Path("checkpoints"))[1] == Path("checkpoints")  # the project itself: as given

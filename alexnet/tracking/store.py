@@ -46,16 +46,27 @@ def resolve_tracking_uri(param_uri: str | None, project_root: Path) -> str:
     return _absolute(take_credentials(uri), root)
 
 
+# Where `dvc exp run --temp/--queue` copies the project: <project>/.dvc/tmp/exps/<copy>.
+EXP_COPIES = (".dvc", "tmp", "exps")
+
+
 def home_project(project_root: Path) -> Path:
     """The project itself, or for a copy `dvc exp run --temp` made (<project>/.dvc/tmp/exps/<copy>) the
     project it copies: a store inside the copy would go when DVC deletes it, and every run and
     registered version with it. Local stores, their artifacts and their records resolve against this."""
-    root = Path(project_root).resolve()
-    parts = root.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
+    return in_home_project(project_root)[0]
+
+
+def in_home_project(path: Path) -> tuple[Path, Path]:
+    """(the home project, `path` moved into it): a path inside a copy of the project (`home_project`)
+    becomes the same path in the project itself; any other path is returned as given."""
+    resolved = Path(path).resolve()
+    parts, n = resolved.parts, len(EXP_COPIES)
+    for i in range(len(parts) - n):
+        if parts[i:i + n] == EXP_COPIES:
+            home = Path(*parts[:i])
+            return home, home.joinpath(*parts[i + n + 1:])  # past .dvc/tmp/exps/<copy>
+    return resolved, Path(path)
 
 
 def _absolute(uri: str, root: Path) -> str:
