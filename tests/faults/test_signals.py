@@ -69,7 +69,8 @@ def stopped(token: str, since: float) -> float:
 
 
 def trainer_pid(token: str) -> int:
-    return next(pid for pid, cmd in marked(token).items() if "stages.train" in cmd)
+    """The stage's own process, not the `sh -c` that DVC may run it in (its command line names the stage too)."""
+    return next(pid for pid, cmd in marked(token).items() if cmd.split()[1:3] == ["-m", "stages.train"])
 
 
 def weights(project: Path) -> dict[str, torch.Tensor]:
@@ -87,7 +88,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("signals")
     data = build_tiny_data(root / "data")
     token = uuid.uuid4().hex
-    env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO)}
+    # DVC runs a stage in $SHELL -c: bash execs the stage, dash (/bin/sh, DVC's choice without $SHELL)
+    # forks it, so `dvc repro` is the stage's grandparent. The fork is the case to pass.
+    env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO), "SHELL": "/bin/sh"}
     env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server
     unbroken = dvc_project(root / "unbroken", data)
     finish(repro(unbroken, env), unbroken)
