@@ -118,7 +118,7 @@ def _project(folder: Path, data: Path, head_ip: str) -> Path:
     return folder
 
 
-def _train(head, project: Path, timeout: float = 400) -> str:
+def _train(head, project: Path, ray_tmp: Path, timeout: float = 400) -> str:
     """The train stage on the head, in the project; its output (also in project/train.log)."""
     log = project / "train.log"
     proc = head.popen(_with_ray_env(["python", "-m", "stages.train", "--params", "params.yaml", *STAGE_FLAGS]),
@@ -128,8 +128,20 @@ def _train(head, project: Path, timeout: float = 400) -> str:
     except subprocess.TimeoutExpired:
         code = None
     text = log.read_text()
-    assert code == 0, f"the train stage {'ran past' if code is None else 'exited'} {code or timeout}:\n{text[-5000:]}"
+    assert code == 0, (f"the train stage {'ran past' if code is None else 'exited'} {code or timeout}:\n"
+                       f"{text[-5000:]}\n{_ray_warnings(ray_tmp)}")
     return text
+
+
+def _ray_warnings(ray_tmp: Path) -> str:
+    """The warnings and errors of the head's Ray logs (the driver's task manager says why a task was
+    or was not retried), for a failure's message."""
+    lines = []
+    for path in sorted((ray_tmp / "head").glob("session_*/logs/*")):
+        if path.suffix in (".log", ".out", ".err") and path.is_file():
+            lines += [f"{path.name}: {line}" for line in path.read_text(errors="replace").splitlines()
+                      if " W " in line or " E " in line or "retr" in line.lower()]
+    return "\n".join(lines[-80:])
 
 
 def _task_records(head) -> list[dict]:
@@ -145,7 +157,7 @@ def test_members_run_on_both_hosts_with_their_solo_weights(data, alone, tmp_path
     with cluster_of("head", "node1") as hosts:
         project = _project(tmp_path / "project", data, hosts["head"].ip)
         _ray_cluster(hosts, ray_tmp, project)
-        _train(hosts["head"], project)
+        _train(hosts["head"], project, ray_tmp)
         records = _task_records(hosts["head"])
     members = [r for r in records if r["name"] == "train-member"]
     assert sorted(r["node"] for r in members) == sorted([hosts["head"].ip, hosts["node1"].ip]), records
@@ -168,7 +180,7 @@ def test_a_member_whose_host_goes_down_resumes_on_the_other(data, alone, tmp_pat
 
         killer = threading.Thread(target=take_node1_down, daemon=True)
         killer.start()
-        log = _train(hosts["head"], project)
+        log = _train(hosts["head"], project, ray_tmp)
         killer.join(timeout=10)
         assert list(stalls.iterdir()), "no member stalled on node1"
         records = _task_records(hosts["head"])

@@ -19,8 +19,10 @@ import pytest
 import torch
 import yaml
 
+from alexnet.config.params import parse_params
 from alexnet.core.cli import InputError
 from alexnet.core.locks import exclusive
+from alexnet.training.member import train_member
 from tests.faults.test_kill_model_stages import MARKER, marked, no_leaks
 from tests.tiny import build_tiny_data, tiny_params
 
@@ -92,8 +94,13 @@ def setup(tmp_path_factory):
     # forks it, so `dvc repro` is the stage's grandparent. The fork is the case to pass.
     env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO), "SHELL": "/bin/sh"}
     env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server
-    unbroken = dvc_project(root / "unbroken", data)
-    finish(repro(unbroken, env), unbroken)
+    # The unbroken run, trained in this process: the stage trains member 0 with the same params and
+    # seed to the same weights (tests/test_cluster_ray.py compares the two), in a fraction of the time.
+    raw = yaml.safe_load(dvc_project(root / "unbroken", data).joinpath("params.yaml").read_text())
+    unbroken = root / "unbroken"
+    train_member(0, parse_params(raw), prepared_dir=data / "prepared", shards_dir=data / "shards",
+                 models_dir=unbroken / "models", history_dir=unbroken / "history",
+                 checkpoints_dir=unbroken / "ckpt", progress=False)
     return root, data, env, token, weights(unbroken)
 
 
