@@ -23,14 +23,14 @@ run: install
 	python -m alexnet.summary reports/metrics.json
 
 # Two pytest workers, each taking whole test files (module fixtures are built once): most end-to-end
-# tests wait on servers, subprocesses and disk, so two workers keep both cores busy. TEST_WORKERS=0
-# runs in one process.
+# tests wait on servers, subprocesses and disk, so two workers keep both cores busy. The longest
+# files are handed out first (tests/conftest.py: LONGEST_FIRST). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: install
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not cluster"
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster"
 
 test-fast: install
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not cluster"
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not cluster"
 
 # Hosts as network namespaces on this machine (root; docs/scale-out.md; skipped where namespaces
 # cannot be made). One process: the clusters' own servers and members already share the 2 cores,

@@ -42,3 +42,29 @@ def data(tmp_path_factory) -> Path:
     from tests.tiny import build_tiny_data
 
     return build_tiny_data(tmp_path_factory.mktemp("tiny-data"))
+
+
+# The files that take longest, longest first (`pytest --durations=0` under `make test`; figures in
+# docs/results.md). `make test` hands whole files to two workers in collection order
+# (--no-loadscope-reorder): long files first, so the short ones fill in at the end, rather than
+# xdist's default of many-tests-first, which left the long two-test files to run last on one worker.
+LONGEST_FIRST = (
+    "tests/test_team.py",
+    "tests/faults/test_kill_model_stages.py",
+    "tests/faults/test_signals.py",
+    "tests/test_ray.py",
+    "tests/test_study.py",
+    "tests/faults/test_credentials.py",
+    "tests/test_nightly.py",
+    "tests/faults/test_tracking_faults.py",
+    "tests/test_ddp.py",
+    "tests/test_sweep.py",
+    "tests/test_ensemble.py",
+    "tests/faults/test_dvc_exp_temp.py",
+    "tests/test_flows.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: files keep their order

@@ -4,8 +4,8 @@ down, or the test killing it). Python imports this module at start-up when its f
 PYTHONPATH; without ALEXNET_CLUSTER_FAULT it does nothing.
 
     ALEXNET_CLUSTER_FAULT=forward:N:FOLDER  the Nth training forward pass of the network (a batch
-        after epoch 1's checkpoint when N = steps per epoch + 2), on a first attempt only
-        (TORCHELASTIC_RESTART_COUNT unset or 0): torchrun's restart and a Ray retry go through
+        after epoch 1's checkpoint when N = steps per epoch + 2), once per FOLDER: the first
+        process to get there stalls, torchrun's restart and a Ray retry go through
     ALEXNET_CLUSTER_FAULT=shard:FOLDER      the first shard a Dask worker is given to build
 
 The file is FOLDER/stalled-<pid>: the test reads the pid from its name, or waits for it and
@@ -55,6 +55,16 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _first(folder: str) -> bool:
+    """Is this the first process to get here (FOLDER/fired created now)? The fault fires once a test,
+    whatever restarts come before it: a rank restarted early under load must still meet it."""
+    try:
+        Path(folder, "fired").open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
 def _on_forward(count: int, folder: str):
     def patch(network):
         import torch
@@ -64,7 +74,7 @@ def _on_forward(count: int, folder: str):
         def hook(module, args, output):
             if isinstance(module, network.AlexNet) and module.training:
                 seen[0] += 1
-                if seen[0] == count:
+                if seen[0] == count and _first(folder):
                     _stall(folder, f"training forward {count}")
 
         torch.nn.modules.module.register_module_forward_hook(hook)
@@ -81,7 +91,7 @@ def _on_shard(folder: str):
 
 def _arm(spec: str) -> None:
     kind, _, rest = spec.partition(":")
-    if kind == "forward" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+    if kind == "forward":
         count, _, folder = rest.partition(":")
         sys.meta_path.insert(0, _AfterImport("alexnet.model.network", _on_forward(int(count), folder)))
     elif kind == "shard":
