@@ -10,7 +10,6 @@ run (here in order, or as Prefect tasks on threads, processes or Ray) is the `St
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -21,7 +20,6 @@ from typing import Any
 
 from alexnet.config.params import flatten
 from alexnet.config.sections import Params
-from alexnet.core.atomic import atomic_write_json
 from alexnet.core.layout import DVC_LOCK_FILE, MEMBER_SUMMARY_FILE, member_name
 from alexnet.core.provenance import dvc_lock_version
 from alexnet.data.shards import data_version
@@ -48,8 +46,6 @@ log = logging.getLogger(__name__)
 # `epochs`: train.epochs, and `eta_s`: the seconds left at this attempt's pace), once its checkpoint is
 # written: what it raises fails that attempt (the retry resumes there).
 MemberHook = Callable[[int, dict[str, float]], None]
-# A member's speed in its summary's final row: a timing, which goes to MLflow, not into a DVC output.
-TIMINGS = ("images_per_s",)
 # Asked after every training step: True stops the member with a checkpoint of the epoch in progress.
 StopCheck = Callable[[], bool]
 
@@ -144,7 +140,6 @@ def train_logged_member(index: int, params: Params, paths: TrainPaths, run: Ense
                               models_dir=paths.models, history_dir=paths.history, checkpoints_dir=paths.checkpoints,
                               on_epoch=after_epoch, progress=_on_terminal(), should_stop=should_stop)
     summary = Path(result["model"]).parent / MEMBER_SUMMARY_FILE
-    _drop_timings(summary)
     # The member's files are complete: a store failing now warns and `sync` catches up later.
     finish(tracker, run_id, [Path(result["history"]), summary])
     return {**result, "run_id": run_id}
@@ -154,16 +149,6 @@ def _on_terminal() -> bool:
     """Progress bars only where someone watches them: a log file gets the epoch lines, no bar redraws.
     (tqdm's own check, made explicit: a member in a process of its own asks its inherited stream.)"""
     return sys.stderr is not None and sys.stderr.isatty()
-
-
-def _drop_timings(summary: Path) -> None:
-    """The summary (in the `models` output, hashed in dvc.lock) without the run's speed, so that the same
-    training writes the same bytes; the speed is in MLflow (`images_per_s`) and in the Prefect table."""
-    data = json.loads(summary.read_text())
-    final = data.get("final") or {}
-    if any(key in final for key in TIMINGS):
-        data["final"] = {k: v for k, v in final.items() if k not in TIMINGS}
-        atomic_write_json(summary, data)
 
 
 class _EpochClock:
