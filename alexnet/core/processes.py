@@ -82,13 +82,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first); None if the
+    process is gone. The name may hold spaces and ')', so the fields start after its last ')'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start_time(pid: int) -> str | None:
     """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone.
 
     With the pid it names one process for good: a pid alone may be reused by another process later.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # after the command name, which may hold spaces and ')'
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process `pid` (/proc/<pid>/stat field 4); None if it is gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from alexnet.core.cli import Interrupted
-from alexnet.core.processes import exit_with_parent
+from alexnet.core.processes import exit_with_parent, parent_pid
 
 T = TypeVar("T")
 PARENT_POLL_S = 0.5
@@ -106,7 +106,7 @@ def install(stage: str, grace_s: float = 0.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
     parent = os.getppid()
-    launcher = _parent_of(parent) if _is_shell(parent) else None
+    launcher = parent_pid(parent) if _is_shell(parent) else None
     threading.Thread(target=_watch_parent, args=(parent, launcher), name="parent-watch", daemon=True).start()
 
 
@@ -118,7 +118,7 @@ def _watch_parent(parent: int, launcher: int | None) -> None:
     """Until the parent goes, or, where the parent is a shell, the shell's parent: DVC runs a stage in
     `$SHELL -c`, and dash (/bin/sh, DVC's shell where $SHELL is unset) forks the stage instead of
     exec'ing it, so `dvc repro` killed alone orphans the shell, and the stage's parent never changes."""
-    while (os.getppid() == parent and (launcher is None or _parent_of(parent) == launcher)
+    while (os.getppid() == parent and (launcher is None or parent_pid(parent) == launcher)
            and not STOP.event.is_set()):
         time.sleep(PARENT_POLL_S)
     if not STOP.event.is_set():
@@ -134,15 +134,6 @@ def _is_shell(pid: int) -> bool:
         return Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS
     except OSError:  # no /proc: the parent alone is watched
         return False
-
-
-def _parent_of(pid: int) -> int | None:
-    """The parent of `pid` from /proc (None once `pid` is gone); the command name in /proc/PID/stat
-    may hold spaces and parentheses, so the fields are read after its last ')'."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _exit_now() -> None:
