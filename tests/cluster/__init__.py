@@ -167,9 +167,10 @@ class Host:
     def down(self) -> None:
         """The host goes down: every process on it is SIGKILLed, then its link to the bridge is cut.
 
-        In that order the kernel still resets the dead processes' connections, as when a machine's
-        processes die (OOM, a crash, a reboot). With the link cut first, peers learn only from their
-        own timeouts: Ray's driver then waited on a task of the dead node for minutes.
+        In that order the kernel still closes the dead processes' connections, as when a machine's
+        processes die (OOM, a crash, a reboot); peers that call the host afterwards learn only from
+        their own timeouts. Ray's retry could wait on those for minutes even in this order, so the Ray
+        test kills the processes (`kill_all`) and cuts the link only once Ray has declared the node dead.
         """
         kill_all(self.ns)
         _ip("-n", self.ns, "link", "set", "eth0", "down")
