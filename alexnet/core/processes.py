@@ -22,7 +22,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -33,10 +35,12 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
 
     It also takes the default SIGTERM and SIGINT back: a pool ends its workers with SIGTERM, and a
     handler inherited from the parent (Prefect installs one in a flow's process) would keep a worker
-    blocked on the pool's queue alive, and the pool's exit waiting on it, forever.
+    blocked on the pool's queue alive, and the pool's exit waiting on it, forever. Then it unblocks
+    them (`fork_pool` forks with them blocked): one that came before this is now obeyed.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
@@ -44,6 +48,27 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
             raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != parent_pid:  # the parent died before the request: nothing would signal us
         os._exit(1)
+
+
+@contextmanager
+def fork_pool(workers: int) -> Iterator[Pool]:
+    """A fork Pool of `workers` whose workers die with this process (`die_with_parent`); closed on exit.
+
+    The pool's exit ends its workers with SIGTERM, and a worker still starting then (a loaded machine)
+    would meet the handler inherited from this process, not yet the default its initializer sets, and
+    wait on the queue forever, the exit joining it (seen under the test suite). So the workers are
+    forked with SIGTERM and SIGINT blocked, and the initializer unblocks them after taking the default
+    back. Create it on a thread that outlives it (see the module's docstring).
+    """
+    from multiprocessing import get_context
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        pool = get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with pool:
+        yield pool
 
 
 def signal_on_parent_death(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], None]:

@@ -27,7 +27,6 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from alexnet.core.layout import (
     SPLITS,
     TRAIN,
 )
-from alexnet.core.processes import die_with_parent
+from alexnet.core.processes import fork_pool
 from alexnet.data import ilsvrc, synthetic
 from alexnet.data.imageops import TooManyPixels, no_pillow_limit, open_image
 from alexnet.data.sources import ClassInfo, FoundFile, find_classes, find_files
@@ -128,7 +127,7 @@ def _inspect_all(root: Path, files: list[FoundFile], max_pixels: int | None, wor
     out: list[dict[str, Any]] = []
     with bar:
         if workers > 1 and len(jobs) > 1:
-            with get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            with fork_pool(workers) as pool:
                 for r in pool.imap(_inspect, jobs, chunksize=32):
                     out.append(r)
                     bar.update()

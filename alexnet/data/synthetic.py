@@ -21,18 +21,16 @@ from __future__ import annotations
 import colorsys
 import io
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from alexnet.core.layout import SPLITS, TRAIN, VAL
-from alexnet.core.processes import die_with_parent
+from alexnet.core.processes import fork_pool
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "arrow", "crescent", "diamond")
 TEXTURES = ("plain", "striped", "checkered", "dotted", "ringed", "gridded", "zigzag", "speckled")
@@ -262,7 +260,7 @@ def generate(root: str | Path, classes: int, train_per_class: int, val_per_class
                       min_side, max_side))
     if workers > 1:
         # Workers die with the process that started them, even a killed one (alexnet/core/processes.py).
-        with get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        with fork_pool(workers) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
                 pass
     else:
