@@ -44,6 +44,7 @@ from alexnet.core.processes import exit_with_parent, parent_pid
 
 T = TypeVar("T")
 PARENT_POLL_S = 0.5
+SIGNAL_FIRST_S = 2.0
 STAGE_PID_ENV = "ALEXNET_STAGE_PID"
 
 
@@ -121,7 +122,10 @@ def _watch_parent(parent: int, launcher: int | None) -> None:
     while (os.getppid() == parent and (launcher is None or parent_pid(parent) == launcher)
            and not STOP.event.is_set()):
         time.sleep(PARENT_POLL_S)
-    if not STOP.event.is_set():
+    # A signal to the whole process group ends the parent in the same instant; the stage's own handler
+    # runs on the main thread, later on a busy machine (seen: 'the loss of its parent' for a `timeout`
+    # SIGTERM). It gets a moment to name the signal first.
+    if not STOP.event.wait(SIGNAL_FIRST_S):
         gone = parent if launcher is None else launcher
         request(f"the loss of its parent process (pid {gone}, e.g. `dvc repro` stopped)", 128 + signal.SIGHUP)
 
