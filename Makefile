@@ -22,10 +22,11 @@ run: install
 	dvc repro
 	python -m alexnet.summary reports/metrics.json
 
-# Two pytest workers, each taking whole test files (module fixtures are built once): most end-to-end
-# tests wait on servers, subprocesses and disk, so two workers keep both cores busy. The longest
-# files are handed out first (tests/conftest.py: LONGEST_FIRST). TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
+# Three pytest workers on two cores, each taking whole test files (module fixtures are built once):
+# the end-to-end tests wait on servers, subprocesses and polls, and with two workers a quarter of
+# the cores' time went idle (docs/results.md). The longest files are handed out first
+# (tests/conftest.py: LONGEST_FIRST). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 3
 test: install
 	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster"
 

@@ -86,12 +86,26 @@ def own_api_server(timeout: float = STARTUP_TIMEOUT_S, project: Path | None = No
                     "running", "not Linux" if not sys.platform.startswith("linux") else "prefect already imported")
         return None
     home = check_prefect_home(server_home(project))
+    proc, url = start_api_server(home, timeout)
+    os.environ["PREFECT_API_URL"] = url
+    # The flow's "View at" link: the UI the README starts over the same database, not this server (no UI, gone soon).
+    os.environ.setdefault("PREFECT_UI_URL", WATCH_UI_URL)
+    log.info("Prefect API server of this stage: %s (pid %d, ends with the stage), database in %s", url, proc.pid,
+             home)
+    return url
+
+
+def start_api_server(home: Path, timeout: float = STARTUP_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
+    """Prefect's API server (no UI) on a free loopback port, its database in `home`, as a child of this
+    process that gets SIGTERM when this process dies and is stopped at exit: (process, API URL) once it
+    answers /health, or RuntimeError."""
     spec = importlib.util.find_spec("prefect")
     app_dir = Path(spec.origin).parent.parent  # as SubprocessASGIServer passes prefect.__module_path__.parent
     port = free_port()
     # The home for the server only: the stage's own Prefect client keeps the user's profiles.
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
@@ -104,20 +118,14 @@ def own_api_server(timeout: float = STARTUP_TIMEOUT_S, project: Path | None = No
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"the stage's Prefect API server on port {port} exited with code {proc.returncode}")
+            raise RuntimeError(f"the Prefect API server on port {port} exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    break
+                    return proc, url
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
             _stop(proc)
-            raise RuntimeError(f"the stage's Prefect API server did not answer {url}/health within {timeout:.0f} s")
+            raise RuntimeError(f"the Prefect API server did not answer {url}/health within {timeout:.0f} s")
         time.sleep(0.2)
-    os.environ["PREFECT_API_URL"] = url
-    # The flow's "View at" link: the UI the README starts over the same database, not this server (no UI, gone soon).
-    os.environ.setdefault("PREFECT_UI_URL", WATCH_UI_URL)
-    log.info("Prefect API server of this stage: %s (pid %d, ends with the stage), database in %s", url, proc.pid,
-             home)
-    return url

@@ -14,6 +14,49 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="alexnet-tests-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+# The library's log lines outside a flow (most tests call it directly) stay out of the shared server
+# below, without a warning each.
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+
+
+# The suite's peak in the temporary folder, three workers (docs/results.md): full-size AlexNet
+# checkpoints and logged models in module fixtures. Less free space fails test after test with
+# "No space left on device"; one line at the start says it instead.
+NEEDS_FREE_GB = 12
+
+
+def pytest_sessionstart(session):
+    if hasattr(session.config, "workerinput"):  # the controller checks, once
+        return
+    where = tempfile.gettempdir()
+    free = shutil.disk_usage(where).free / 2**30
+    if free < NEEDS_FREE_GB and not os.environ.get("ALEXNET_TESTS_IGNORE_DISK"):
+        pytest.exit(f"{where}: {free:.1f} GB free; the tests need about {NEEDS_FREE_GB} GB there (free some, "
+                    "point TMPDIR elsewhere, or set ALEXNET_TESTS_IGNORE_DISK=1 to run anyway)", returncode=4)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_prefect_server(tmp_path_factory):
+    """One Prefect API server per test process, for every flow and stage the tests start.
+
+    A stage without PREFECT_API_URL starts a server of its own (flows/server.py), about 10 s of CPU
+    each time; most tests are not about that server. The ones that are (kill -9 and signals, an
+    unwritable PREFECT_HOME, the project's own run listing) drop PREFECT_API_URL from their stage's
+    environment. In-process flows get the server through Prefect's settings: prefect is imported
+    at collection, before this runs, and reads its environment once.
+    """
+    from flows.server import start_api_server
+
+    proc, url = start_api_server(tmp_path_factory.mktemp("prefect-server"))
+    os.environ["PREFECT_API_URL"] = url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    proc.terminate()
+    proc.wait(timeout=30)
+
 
 # 3 classes x (4 train + 2 val): room for every train-split quirk, and seconds to generate.
 TINY = dict(classes=3, train_per_class=4, val_per_class=2, min_side=40, max_side=80, seed=0)
@@ -45,10 +88,10 @@ def data(tmp_path_factory) -> Path:
 
 
 # The files that take longest, longest first (`pytest --durations` under `make test`; figures in
-# docs/results.md). `make test` hands whole files to two workers in collection order
-# (--no-loadscope-reorder), so no long file starts last with the other worker idle, as xdist's
+# docs/results.md). `make test` hands whole files to its workers in collection order
+# (--no-loadscope-reorder), so no long file starts last with the other workers idle, as xdist's
 # default (files with many tests first) allows. It bounds the tail; it does not shorten a suite
-# whose two workers are busy throughout (measured: no gain).
+# whose workers are busy throughout (measured: no gain).
 LONGEST_FIRST = (
     "tests/test_team.py",
     "tests/faults/test_kill_model_stages.py",

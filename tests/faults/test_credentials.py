@@ -7,6 +7,7 @@ the password. A wrong password fails before any work, in one line, without it.
 """
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from werkzeug.security import generate_password_hash
 
 from alexnet.core.processes import free_port
 from alexnet.tracking.credentials import ENV_PASSWORD, ENV_USER, redact, take_credentials
@@ -67,6 +69,12 @@ def auth_server(tmp_path_factory):
                 break
         except OSError:
             time.sleep(0.5)
+    # MLflow checks the password on every request against a scrypt hash (0.1 s of CPU each, hundreds
+    # of requests per stage); a one-round hash of the same password checks the same, at once.
+    with sqlite3.connect(root / "users.db") as users:
+        changed = users.execute("UPDATE users SET password_hash = ? WHERE username = 'admin'",
+                                (generate_password_hash(PASSWORD, method="pbkdf2:sha256:1"),)).rowcount
+    assert changed == 1
     yield url, root
     os.killpg(server.pid, 15)
     server.wait(timeout=30)

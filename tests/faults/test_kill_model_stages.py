@@ -101,8 +101,9 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
         pytest.skip("needs /proc to find the stage's processes")
     data = build_tiny_data(tmp_path / "data")
     token = uuid.uuid4().hex
-    env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO)}
-    env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server
+    shared = {**os.environ, "PYTHONPATH": str(REPO)}  # the unbroken reference: the test session's Prefect server
+    env = {**shared, MARKER: token}
+    env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server, one process to check
     projects = {}
     for name in ("unbroken", "killed"):
         project = projects[name] = tmp_path / name
@@ -112,8 +113,8 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
         (project / "params.yaml").write_text(yaml.safe_dump(raw))
 
     a, b = projects["unbroken"], projects["killed"]
-    run("train", a, data, env)
-    run("evaluate", a, data, env)
+    run("train", a, data, shared)
+    run("evaluate", a, data, shared)
 
     # Killed once epoch 1's checkpoint is written, during epoch 2: the rerun resumes from it.
     run("train", b, data, env, kill_when=lambda: b"wrote checkpoint" in (b / "train.log").read_bytes(),
