@@ -36,15 +36,19 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shared_prefect_server(tmp_path_factory):
+def shared_prefect_server(request, tmp_path_factory):
     """One Prefect API server per test process, for every flow and stage the tests start.
 
     A stage without PREFECT_API_URL starts a server of its own (flows/server.py), about 10 s of CPU
     each time; most tests are not about that server. The ones that are (kill -9 and signals, an
     unwritable PREFECT_HOME, the project's own run listing) drop PREFECT_API_URL from their stage's
     environment. In-process flows get the server through Prefect's settings: prefect is imported
-    at collection, before this runs, and reads its environment once.
+    at collection, before this runs, and reads its environment once. A session without the slow
+    tests (`make test-fast`) starts few stages: no server then, its start would cost more.
     """
+    if not any(item.get_closest_marker("slow") for item in request.session.items):
+        yield None
+        return
     from flows.server import start_api_server
 
     proc, url = start_api_server(tmp_path_factory.mktemp("prefect-server"))
