@@ -156,6 +156,23 @@ def test_figure1_counts_epochs_to_the_target_and_a_never_reached_run_as_slower(t
     assert not fig["fallback_used"]
 
 
+def test_the_report_names_a_shown_effect_against_the_paper_and_a_rate_at_its_grid_edge():
+    from alexnet.study.report import figure1_verdict, grid_edge, verdict_with_direction
+
+    assert verdict_with_direction({"verdict": SHOWN, "mean": 0.03, "paper": 0.017}) == f"{SHOWN}, the paper's way"
+    assert verdict_with_direction({"verdict": SHOWN, "mean": -0.03, "paper": 0.017}).endswith("**against the paper**")
+    assert verdict_with_direction({"verdict": INCONCLUSIVE, "mean": -0.03, "paper": 0.017}) == INCONCLUSIVE
+    # Figure 1 with tanh faster in 8 of 8 seeds: the one-sided test fails, the reversal is shown (p = 2/256)
+    assert figure1_verdict(1.0, 2 / 256, 0.05) == f"{SHOWN}, against the paper"
+    assert figure1_verdict(1 / 64, 1.0, 0.05) == f"{SHOWN}, the paper's way"
+    assert figure1_verdict(0.3, 0.6, 0.05) == INCONCLUSIVE
+    spec = StudySpec(seeds=[0], variants={"baseline": {}, "relu": {"tune": {"train.lr": [0.003, 0.01, 0.03]}}},
+                     heldout_per_class=1)
+    assert "the grid's lowest" in grid_edge(spec, "relu", "train.lr", 0.003)
+    assert "the grid's highest" in grid_edge(spec, "relu", "train.lr", 0.03)
+    assert grid_edge(spec, "relu", "train.lr", 0.01) == ""
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 
@@ -262,7 +279,7 @@ def test_the_report_names_every_claim_with_n_power_and_a_verdict(finished, tmp_p
     report = (tmp_path / "REPORT.md").read_text()
     claims = report.split("## Claims", 1)[1].split("\n## ", 1)[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in claims.splitlines() if line.startswith("| §")]
-    assert len(rows) == 2 and {r[-1] for r in rows} <= {SHOWN, INCONCLUSIVE, DID_NOT_TRAIN} | {
+    assert len(rows) == 2 and {r[-1].split(",")[0] for r in rows} <= {SHOWN, INCONCLUSIVE, DID_NOT_TRAIN} | {
         r[-1] for r in rows if r[-1].startswith("effects larger than")}
     assert next(r for r in rows if "exploding" in r[0])[-1] == DID_NOT_TRAIN
     assert "`exploding/seed-0`: " in report.split("## Runs that did not train", 1)[1]

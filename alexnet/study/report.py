@@ -38,7 +38,7 @@ from alexnet.study.sections import (
     pooling_section,
 )
 from alexnet.study.spec import StudySpec, variant_params
-from alexnet.study.stats import SHOWN, interval_of
+from alexnet.study.stats import INCONCLUSIVE, SHOWN, interval_of, sign_test
 from alexnet.study.table import claim_rows, did_not_train, figure1, read_history, summarise
 
 METRICS = ("center_top1_err", "center_top5_err", "ten_crop_top1_err", "ten_crop_top5_err", "train_top1_err",
@@ -112,7 +112,7 @@ def _regime(spec: StudySpec, regime: Mapping[str, Any], rows: Sequence[Mapping[s
                      f"{tr.epochs} epochs, batch {tr.batch_size}, lr {tr.lr}, schedule {tr.schedule} ({steps}), "
                      f"warm-up {tr.warmup_epochs} epochs; precision {tr.precision} (pinned), deterministic "
                      f"{tr.deterministic}.")
-    tuned = "; ".join(f"{v}: " + ", ".join(f"{k} = {x:g}" for k, x in kv.items())
+    tuned = "; ".join(f"{v}: " + ", ".join(f"{k} = {x:g}{grid_edge(spec, v, k, x)}" for k, x in kv.items())
                       for v, kv in regime.get("tuned", {}).items())
     lines.append(f"- Tuned on the held-out slice: {tuned or 'nothing'}. Seeds per variant: "
                  + ", ".join(f"{v} {len({r['seed'] for r in rows if r['variant'] == v and not r.get('tuning')})}"
@@ -120,6 +120,14 @@ def _regime(spec: StudySpec, regime: Mapping[str, Any], rows: Sequence[Mapping[s
     cpu, torch_version = machine.get("cpu_capability", "?"), machine.get("torch", "?")
     lines.append(f"- Machine: CPU capability {cpu}, torch {torch_version}.\n")
     return lines
+
+
+def grid_edge(spec: StudySpec, variant: str, key: str, value: float) -> str:
+    """A value picked at the end of its grid: the best may lie beyond it, which the reader must know."""
+    grid = spec.variants[variant].tune.get(key, []) if variant in spec.variants else []
+    if len(grid) < 2 or min(grid) < value < max(grid):
+        return ""
+    return f" (the grid's {'lowest' if value == min(grid) else 'highest'} of {', '.join(f'{g:g}' for g in grid)})"
 
 
 def _claims_section(spec: StudySpec, claims: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
@@ -132,17 +140,25 @@ def _claims_section(spec: StudySpec, claims: Sequence[Mapping[str, Any]], pilot:
              f"pilot's SD of paired differences ({_pts(pilot.get('sd'))}) for the primary metric, else from the "
              "claim's own runs. Verdicts: **effect shown** (the Holm-level interval excludes 0), **effects larger "
              "than X excluded** (it holds 0 and stays below the effect the study was designed to detect), "
-             "**inconclusive** (neither), **did not train** (a run failed the training rule).\n",
+             "**inconclusive** (neither), **did not train** (a run failed the training rule). A shown effect "
+             "whose sign is not the paper's says so.\n",
              "| claim | paper | n | ours: variant minus baseline | p (Holm) | power at the paper's effect | MDE | "
              "verdict |", "|---|---:|---:|---|---:|---:|---:|---|"]
     for c in claims:
         ours = f"{c['mean'] * 100:+.2f} ({c['low'] * 100:+.2f} to {c['high'] * 100:+.2f})" if "mean" in c else "—"
         p = f"{c['p_holm']:.3f}" if "p_holm" in c else "—"
         lines.append(f"| {c['claim']} (`{c['variant']}`, {c['metric']}) | {c['paper'] * 100:+.1f} | {c['n']} | "
-                     f"{ours} | {p} | {_pct(c.get('power'))} | {_pts(c.get('mde'))} | {c['verdict']} |")
+                     f"{ours} | {p} | {_pct(c.get('power'))} | {_pts(c.get('mde'))} | {verdict_with_direction(c)} |")
     notes = [f"- `{c['variant']}`: {c['note']}" for c in claims if c.get("note")]
     lines += ["", "Points of error (percentage points); intervals at each claim's Holm level."]
     return [*lines, *(["", "Said before the runs:", *notes] if notes else []), ""]
+
+
+def verdict_with_direction(claim: Mapping[str, Any]) -> str:
+    """The verdict, and for a shown effect whether it points the paper's way (the interval alone does not say)."""
+    if claim["verdict"] != SHOWN:
+        return claim["verdict"]
+    return f"{SHOWN}, " + ("the paper's way" if claim["mean"] * claim["paper"] > 0 else "**against the paper**")
 
 
 def _failed_section(failed: Mapping[str, tuple[Mapping[str, Any], str]]) -> list[str]:
@@ -200,14 +216,22 @@ def _figure1_section(spec: StudySpec, fig1: Mapping[str, Any], runs: Path) -> li
                      f"{s['ratio']:.2f} |" if s["ratio"] else f"| {s['seed']} | {s['fast'] or 'never'} | "
                      f"{s['slow'] or 'never'} | — |")
     ratio = interval_of(fig1["ratio"]) if fig1.get("ratio") else None
+    # The pre-registered test is one-sided (the paper's direction); a reversal is named, not left "inconclusive".
+    reverse = min(1.0, 2 * sign_test(fig1["faster"], fig1["slower"]))
     lines += ["", f"{f.slow} slower in {fig1['slower']} of {fig1['slower'] + fig1['faster']} seeds (ties left out); "
-              f"one-sided sign test p = {fig1['p']:.4f}"
+              f"one-sided sign test p = {fig1['p']:.4f}; the other way ({f.slow} faster), two-sided p = {reverse:.4f}"
               + (f"; ratio {ratio.mean:.2f} (95 % CI {ratio.low:.2f} to {ratio.high:.2f}, n = {ratio.n}) where both "
                  "reached it" if ratio and ratio.n > 1 else "")
               + f". The paper: about 6 times faster to 25 % on CIFAR-10. Verdict: "
-              f"**{SHOWN if fig1['p'] < spec.design.alpha else 'inconclusive'}** at alpha {spec.design.alpha}.\n",
+              f"**{figure1_verdict(fig1['p'], reverse, spec.design.alpha)}** at alpha {spec.design.alpha}.\n",
               f"![Figure 1]({FIGURE1_PLOT})\n"]
     return lines
+
+
+def figure1_verdict(p: float, reverse: float, alpha: float) -> str:
+    if p < alpha:
+        return f"{SHOWN}, the paper's way"
+    return f"{SHOWN}, against the paper" if reverse < alpha else INCONCLUSIVE
 
 
 def table_markdown(table: Mapping[str, Any]) -> str:
