@@ -4,6 +4,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -204,3 +205,26 @@ def _curves(path):
 
     with open(path) as f:
         return [{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader(f)]
+
+
+_DETERMINISM_PROBE = """
+import sys, torch
+from alexnet.training.precision import configure_determinism
+configure_determinism(True, 1, compiled=sys.argv[1] == "compiled")
+import torch._inductor.config as inductor
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      inductor.deterministic)
+"""
+
+
+@pytest.mark.parametrize("compiled", ["eager", "compiled"])
+def test_deterministic_mode_is_on_without_inductor_and_inductor_follows_when_compiling(compiled):
+    # A fresh process: the eager path must set torch's switch without importing inductor (a second of
+    # every training process's start); a compiled model gets inductor's switch too.
+    code = _DETERMINISM_PROBE if compiled == "compiled" else _DETERMINISM_PROBE.replace(
+        "import torch._inductor.config as inductor",
+        "assert 'torch._inductor.config' not in sys.modules, 'inductor imported'\n"
+        "inductor = type('unset', (), {'deterministic': None})")
+    out = subprocess.run([sys.executable, "-c", code, compiled], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == (["True", "False", "True"] if compiled == "compiled" else ["True", "False", "None"])

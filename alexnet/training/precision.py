@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -24,7 +25,8 @@ def resolve_precision(precision: str, device: str) -> str:
     return "fp32"
 
 
-def configure_determinism(deterministic: bool, threads: int | None) -> None:
+def configure_determinism(deterministic: bool, threads: int | None, compiled: bool = False) -> None:
+    """Threads and deterministic kernels for this process; `compiled`: the model goes through torch.compile."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
@@ -32,7 +34,13 @@ def configure_determinism(deterministic: bool, threads: int | None) -> None:
         # (https://docs.nvidia.com/cuda/cublas/#results-reproducibility); a user's setting wins.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # warn_only=False: an op with no deterministic kernel fails loudly instead of drifting.
-    torch.use_deterministic_algorithms(deterministic)
+    if compiled or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(deterministic)  # also sets inductor's own switch
+    else:
+        # The public call imports inductor's config (dynamo with it: over a second of every training
+        # process's start) only to set inductor's switch, which an uncompiled model never reads. This is
+        # the call it makes for eager kernels; torch is pinned (constraints.txt), and a test checks both.
+        torch._C._set_deterministic_algorithms(deterministic, warn_only=False)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
