@@ -20,7 +20,7 @@ from alexnet.tracking.lifecycle import experiment_name
 from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.distributed import check_fits, torchrun_command
 from alexnet.training.member import MemberPaths, run_key, train_member
-from tests.tiny import tiny_params
+from tests.tiny import sqlite_store, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -139,7 +139,7 @@ def stage_run(data, tmp_path_factory):
     """The train stage with train.replicas: 2: it launches torchrun itself; MLflow on SQLite."""
     root = tmp_path_factory.mktemp("ddp-stage")
     raw = _raw(replicas=2, epochs=2)
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-ddp"}
+    raw["tracking"] = {"uri": sqlite_store(root), "experiment": "test-ddp"}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "stages.train", "--params", str(root / "params.yaml"),
            "--prepared", str(data / "prepared"), "--shards", str(data / "shards"), "--models", str(root / "models"),

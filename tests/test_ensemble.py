@@ -16,7 +16,7 @@ from alexnet.pipeline.paths import EvalPaths, TrainPaths
 from alexnet.pipeline.train import finish_ensemble_tracking, start_ensemble_tracking, train_logged_member
 from alexnet.tracking.lifecycle import entry_point, experiment_name, registered_name
 from alexnet.tracking.store import TrackingUnavailable
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 
 def paths_in(root: Path, data: Path) -> TrainPaths:
@@ -50,7 +50,7 @@ def test_train_evaluate_register_without_prefect(tmp_path):
     data = build_tiny_data(tmp_path / "data")
     root = tmp_path / "project"
     raw = tiny_params(epochs=2)
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "no-prefect"}
+    raw["tracking"] = {"uri": sqlite_store(root), "experiment": "no-prefect"}
     params = parse_params(raw)
     paths = paths_in(root, data)
 
@@ -102,7 +102,7 @@ def test_each_dataset_keeps_its_own_champion(tmp_path):
     def train_and_evaluate(seed: int, epochs: int, tag: str) -> tuple[str, float, str]:
         raw = tiny_params(epochs=epochs)
         raw["data"]["synthetic"]["seed"] = seed  # another synthetic dataset: another champion
-        raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}"}
+        raw["tracking"] = {"uri": sqlite_store(root)}
         params = parse_params(raw)
         data = tmp_path / f"data-{seed}"
         if not (data / "shards").is_dir():

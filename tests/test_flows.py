@@ -18,7 +18,7 @@ from alexnet.pipeline.paths import EvalPaths, TrainPaths
 from alexnet.tracking.lifecycle import registered_name
 from alexnet.tracking.state import read_tracking_state
 from alexnet.training.metrics import topk_errs
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def project(tmp_path_factory, harness, data_dirs):
     root = tmp_path_factory.mktemp("project")
     raw = tiny_params(epochs=2)
     raw["ensemble"] = {"members": 2, "retries": 1}
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-flows"}
+    raw["tracking"] = {"uri": sqlite_store(root), "experiment": "test-flows"}
     params = parse_params(raw)
     common = {"prepared": data_dirs / "prepared", "shards": data_dirs / "shards", "models": root / "models",
               "tracking_state": root / "models" / "tracking.json"}

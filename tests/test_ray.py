@@ -23,7 +23,7 @@ from alexnet.config.params import parse_params
 from alexnet.core.processes import free_port
 from alexnet.pipeline.paths import TrainPaths
 from alexnet.pipeline.placement import member_devices, members_at_once, ray_resources
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EIGHT_GPUS = [f"cuda:{i}" for i in range(8)]
@@ -179,7 +179,7 @@ def train_two_members(root: Path, data: Path, runner: str, concurrency: int) -> 
 
     raw = tiny_params(epochs=1)
     raw["ensemble"] = {"members": 2, "concurrency": concurrency, "runner": runner}
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": f"{runner}-{concurrency}"}
+    raw["tracking"] = {"uri": sqlite_store(root), "experiment": f"{runner}-{concurrency}"}
     (root / "seen").mkdir(parents=True)
     with watching(ray_daemons) as daemons:
         run_train_flow(parse_params(raw), train_paths(root, data), on_epoch=record_process(root / "seen"))

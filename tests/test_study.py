@@ -17,7 +17,7 @@ from alexnet.config.params import ParamsError
 from alexnet.study.spec import Design, StudySpec, load_study, seeds_of, variant_params
 from alexnet.study.stats import DID_NOT_TRAIN, EXCLUDED, INCONCLUSIVE, SHOWN
 from alexnet.study.table import claim_rows, did_not_train, epochs_to_reach, figure1, summarise
-from tests.tiny import tiny_params
+from tests.tiny import sqlite_store, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_RESULTS = Path(__file__).parent / "data" / "study-v1-results.csv"
@@ -185,7 +185,7 @@ def tiny_study(root: Path, **extra) -> Path:
     raw["data"] = {"source": "folder", "root": str(root / "tree")}
     raw["train"].update(schedule="step", lr_steps=[2], val_every=3)
     raw["train"].pop("lr_patience")
-    raw["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test-study"}
+    raw["tracking"] = {"uri": sqlite_store(root), "experiment": "test-study"}
     (root / "base.yaml").write_text(yaml.safe_dump(raw))
     (root / "study.yaml").write_text(yaml.safe_dump({
         "name": "tiny", "base": str(root / "base.yaml"), "seeds": [0, 1], "retries": 1, "heldout_per_class": 2,

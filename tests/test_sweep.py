@@ -17,7 +17,7 @@ import yaml
 from alexnet.config.params import parse_params
 from alexnet.tracking.lifecycle import experiment_name
 from tests.gitproject import commit_project, sh
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,6 +42,7 @@ def sweep_project(root: Path, data: Path) -> tuple[Path, dict]:
         "cmd": cmd, "params": ["train"], "outs": ["models", {"history": {"cache": False}}]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\ncheckpoints/\n")
     commit_project(project, env)
+    sqlite_store(project)  # the project's own store (no uri in params), ignored by git
     return project, env
 
 

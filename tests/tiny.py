@@ -1,6 +1,9 @@
 """A tiny, fast training setup shared by the training and flow tests."""
 
+import atexit
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from alexnet.config.params import parse_params
@@ -18,6 +21,29 @@ def tiny_params(**train) -> dict:
         "evaluate": {"batch_size": 16},
         "ensemble": {"members": 1},
     }
+
+
+_EMPTY_STORE: list[Path] = []  # this process's empty, migrated MLflow store, built on first use
+
+
+def sqlite_store(folder: Path) -> str:
+    """The URI of an MLflow SQLite store at folder/mlflow.db that starts as a copy of an empty one.
+
+    MLflow makes a new store by running every schema migration (2-3 s a store, most of it alembic);
+    the tests' stores copy one made once per test process instead: the same empty schema, the same
+    default experiment. A store already there is kept (several runs into one project).
+    """
+    if not _EMPTY_STORE:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        where = Path(tempfile.mkdtemp(prefix="alexnet-empty-mlflow-"))
+        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        SqlAlchemyStore(f"sqlite:///{where / 'mlflow.db'}", str(where / "artifacts")).engine.dispose()
+        _EMPTY_STORE.append(where / "mlflow.db")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "mlflow.db").exists():
+        shutil.copyfile(_EMPTY_STORE[0], folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def build_tiny_data(root: Path) -> Path:

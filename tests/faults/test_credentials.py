@@ -21,7 +21,7 @@ from werkzeug.security import generate_password_hash
 from alexnet.core.processes import free_port
 from alexnet.tracking.credentials import ENV_PASSWORD, ENV_USER, redact, take_credentials
 from alexnet.tracking.store import resolve_tracking_uri
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -58,7 +58,7 @@ def auth_server(tmp_path_factory):
     log = open(root / "server.log", "wb")
     server = subprocess.Popen([BIN / "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1", "--backend-store-uri",
-                               f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+                               sqlite_store(root), "--artifacts-destination", str(root / "artifacts")],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

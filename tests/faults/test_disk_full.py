@@ -13,7 +13,7 @@ import yaml
 from alexnet.config.params import parse_params
 from alexnet.core.atomic import DiskFullError
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.tiny import tiny_params
+from tests.tiny import sqlite_store, tiny_params
 
 
 def _mount(folder: Path, size: str) -> Path:
@@ -69,7 +69,7 @@ def test_a_full_disk_fails_the_member_task_without_a_retry(data, small_disk, tmp
 
     raw = tiny_params(epochs=1)
     raw["ensemble"] = {"members": 1, "retries": 2}
-    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "disk-full"}
+    raw["tracking"] = {"uri": sqlite_store(tmp_path), "experiment": "disk-full"}
     paths = TrainPaths(root=tmp_path, prepared=data / "prepared", shards=data / "shards", models=tmp_path / "models",
                        history=tmp_path / "history", checkpoints=small_disk / "ckpt",
                        tracking_state=tmp_path / "models" / "tracking.json")

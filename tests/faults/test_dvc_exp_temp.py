@@ -10,7 +10,7 @@ import yaml
 
 from alexnet.tracking.store import home_project, resolve_tracking_uri
 from tests.gitproject import commit_project, sh
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,6 +47,7 @@ def test_dvc_exp_run_temp_keeps_its_runs_and_registered_version(tmp_path):
                      "deps": ["models"], "outs": ["reports"], "metrics": [{"metrics.json": {"cache": False}}]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\nckpt/\n")
     commit_project(project, env)
+    sqlite_store(project)  # the project's own store (no uri in params), ignored by git
 
     sh(project, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.02", env=env)
 

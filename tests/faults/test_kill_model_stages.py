@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from tests.procs import alive
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
         project = projects[name] = tmp_path / name
         project.mkdir()
         raw = tiny_params(epochs=3)
-        raw["tracking"] = {"uri": f"sqlite:///{project / 'mlflow.db'}", "experiment": "kill"}
+        raw["tracking"] = {"uri": sqlite_store(project), "experiment": "kill"}
         (project / "params.yaml").write_text(yaml.safe_dump(raw))
 
     a, b = projects["unbroken"], projects["killed"]
@@ -143,7 +143,7 @@ def test_a_killed_study_stage_leaves_no_process(tmp_path):
     env = {**os.environ, MARKER: token, "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
     raw = tiny_params(epochs=50)  # far longer than the test waits
-    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "kill-study"}
+    raw["tracking"] = {"uri": sqlite_store(tmp_path), "experiment": "kill-study"}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(
         {"name": "kill", "base": str(tmp_path / "base.yaml"), "seeds": [0], "variants": {"baseline": {}}}))

@@ -13,7 +13,7 @@ import yaml
 from alexnet.config.params import parse_params
 from alexnet.core.cli import InputError
 from alexnet.data.budget import check_disk_for_shards
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def train(data: Path, tmp_path: Path, stored_size: int = 72, **model) -> subproc
     raw = tiny_params(epochs=1)
     raw["model"].update(model)
     raw["preprocess"]["stored_size"] = stored_size
-    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    raw["tracking"] = {"uri": sqlite_store(tmp_path)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--prepared",
            str(data / "prepared"), "--shards", str(data / "shards"), "--models", str(tmp_path / "models"), "--history",

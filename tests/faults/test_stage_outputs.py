@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from alexnet.core.layout import CLASSES_FILE, DATASET_FILE, INDEX_FILE, QUALITY_REPORT_FILE
-from tests.tiny import build_tiny_data, tiny_params
+from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,7 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, kind):
 def test_a_prefect_home_that_cannot_be_written_is_one_line_naming_it(tmp_path, kind):
     data = build_tiny_data(tmp_path / "data")
     raw = tiny_params(epochs=1)
-    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "home"}
+    raw["tracking"] = {"uri": sqlite_store(tmp_path), "experiment": "home"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     args = ["--params", str(tmp_path / "params.yaml"), "--prepared", str(data / "prepared"), "--shards",
             str(data / "shards"), "--models", str(tmp_path / "models"), "--history", str(tmp_path / "history"),
