@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0  # as flows/__init__.py gives Prefect's own: the start shares a busy machine
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server started here: SIGTERM, then SIGKILL after 10 s (idempotent: atexit calls it too)."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -113,7 +114,7 @@ def start_api_server(home: Path, timeout: float = STARTUP_TIMEOUT_S) -> tuple[su
         env=env, preexec_fn=signal_on_parent_death(os.getpid()),  # noqa: PLW1509 - before any thread of ours starts
         start_new_session=True,  # out of the stage's process group: a group SIGTERM must leave the flow its server
     )
-    atexit.register(_stop, proc)  # a normal exit stops it at once; a kill leaves it to the kernel's signal
+    atexit.register(stop_server, proc)  # a normal exit stops it at once; a kill leaves it to the kernel's signal
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + timeout
     while True:
@@ -126,6 +127,6 @@ def start_api_server(home: Path, timeout: float = STARTUP_TIMEOUT_S) -> tuple[su
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            _stop(proc)
+            stop_server(proc)
             raise RuntimeError(f"the Prefect API server did not answer {url}/health within {timeout:.0f} s")
         time.sleep(0.2)

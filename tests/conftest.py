@@ -49,7 +49,7 @@ def shared_prefect_server(request, tmp_path_factory):
     if not any(item.get_closest_marker("slow") for item in request.session.items):
         yield None
         return
-    from flows.server import start_api_server
+    from flows.server import start_api_server, stop_server
 
     proc, url = start_api_server(tmp_path_factory.mktemp("prefect-server"))
     os.environ["PREFECT_API_URL"] = url
@@ -58,8 +58,7 @@ def shared_prefect_server(request, tmp_path_factory):
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
     os.environ.pop("PREFECT_API_URL", None)
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 # 3 classes x (4 train + 2 val): room for every train-split quirk, and seconds to generate.
