@@ -173,6 +173,15 @@ def test_the_report_names_a_shown_effect_against_the_paper_and_a_rate_at_its_gri
     assert grid_edge(spec, "relu", "train.lr", 0.01) == ""
 
 
+def test_the_variance_section_compares_sds_of_the_primary_metric_only():
+    from alexnet.study.report import variance_section
+
+    claims = [{"metric": "ten_crop_top1_err", "sd": 0.012}, {"metric": "ten_crop_top1_err", "sd": 0.017},
+              {"metric": "train_minus_val", "sd": 0.0036}]
+    text = "".join(variance_section({"sd": 0.0257, "variants": ["no_lrn"], "seeds": 3}, claims, "ten_crop_top1_err"))
+    assert "2.57 points" in text and "the 2 claims on it 1.20 points to 1.70 points" in text and "0.36" not in text
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def _claims_study(spec: StudySpec, rows: list[dict[str, Any]], regime: Mapping[s
     lines = _regime(spec, regime, rows)
     lines += _claims_section(spec, claims, pilot)
     lines += _failed_section(failed)
-    lines += _variance_section(pilot, claims)
+    lines += variance_section(pilot, claims, spec.design.metric)
     lines += _figures_section(figures, runs)
     lines += lrn_section(claims, _median_lrn(figures))
     lines += parallelism_section(ModelParams(devices=("cpu", "cpu")))
@@ -170,12 +170,15 @@ def _failed_section(failed: Mapping[str, tuple[Mapping[str, Any], str]]) -> list
     return [*lines, "", f"![runs that did not train]({FAILED_PLOT})\n"]
 
 
-def _variance_section(pilot: Mapping[str, Any], claims: Sequence[Mapping[str, Any]]) -> list[str]:
-    sds = [c["sd"] for c in claims if c.get("sd") and math.isfinite(c["sd"])]
+def variance_section(pilot: Mapping[str, Any], claims: Sequence[Mapping[str, Any]], metric: str) -> list[str]:
+    """The pilot's SD of paired differences beside the claims' own, on the primary metric only (a gap
+    claim's SD is of another quantity and would pass for a lower spread)."""
+    sds = [c["sd"] for c in claims if c.get("metric") == metric and c.get("sd") and math.isfinite(c["sd"])]
     return ["## Variance\n",
             f"SD of paired differences of the primary metric: the pilot ({', '.join(pilot.get('variants', []))} "
-            f"against baseline, first {pilot.get('seeds', '?')} seeds) {_pts(pilot.get('sd'))}; over all the claims' "
-            f"runs {_pts(min(sds)) if sds else '—'} to {_pts(max(sds)) if sds else '—'}; the design this one replaced "
+            f"against baseline, first {pilot.get('seeds', '?')} seeds) {_pts(pilot.get('sd'))}; over the runs of "
+            f"the {len(sds)} claims on it {_pts(min(sds)) if sds else '—'} to {_pts(max(sds)) if sds else '—'}; "
+            "the design this one replaced "
             f"(3 seeds, a val-driven plateau schedule, precision auto): {_pts(pilot.get('previous_sd'))}.\n"]
 
 
