@@ -73,6 +73,14 @@ def test_power_and_mde_of_the_paired_t_test_match_the_textbook():
     assert math.isnan(power(0.01, 0.02, 1, 0.05))
 
 
+def test_power_and_mde_stay_finite_for_a_pilot_with_a_small_sd():
+    # A pilot SD of 0.2 points at 5 seeds: the root search for the MDE passes effects 40 SDs of the
+    # mean out, where scipy's nct.cdf gave NaN and stopped the study's pilot step.
+    assert power(0.08, 0.002, 5, 0.05 / 6) == pytest.approx(1.0)
+    found = mde(0.002, 5, 0.05 / 6, 0.8)
+    assert 0 < found < 0.02 and power(found, 0.002, 5, 0.05 / 6) == pytest.approx(0.8, abs=1e-6)
+
+
 def test_the_four_verdicts_from_their_intervals():
     assert verdict(Interval(0.03, 0.01, 0.05, 12), 0.017, rejected=True) == SHOWN
     # holds 0, stays within 0.8 points < the designed 1.7: the paper's effect is excluded
