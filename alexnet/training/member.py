@@ -118,9 +118,7 @@ def train_member(
     ranks, tr = current_ranks(), params.train
     seed, key = member_seed(tr.seed, index), run_key(params, index, shards_dir)
     paths = MemberPaths.of(index, models_dir, history_dir, checkpoints_dir, key)
-    # On a GPU the LRN layer may go through torch.compile (model.lrn_gpu): inductor's switch is set there too.
-    configure_determinism(tr.deterministic, tr.threads,
-                          compiled=tr.compile or any(d != "cpu" for d in params.model.devices))
+    configure_determinism(tr.deterministic, tr.threads, compiled=tr.compile or set(params.model.devices) != {"cpu"})
     if tr.keep_freed_memory:
         keep_freed_memory()
     classes = num_classes_of(prepared_dir, params)

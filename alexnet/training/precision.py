@@ -26,7 +26,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def configure_determinism(deterministic: bool, threads: int | None, compiled: bool = False) -> None:
-    """Threads and deterministic kernels for this process; `compiled`: the model goes through torch.compile."""
+    """Threads and deterministic kernels for this process. `compiled`: the model may go through torch.compile
+    (train.compile; or a GPU, where the LRN layer may compile: model.lrn_gpu), so inductor's switch is set too."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
