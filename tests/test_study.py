@@ -153,6 +153,7 @@ def test_figure1_counts_epochs_to_the_target_and_a_never_reached_run_as_slower(t
     fig = figure1(spec, rows)
     assert [(p["fast"], p["slow"]) for p in fig["per_seed"]] == [(3, 5)] * 5 + [(3, None)]
     assert fig["slower"] == 6 and fig["p"] == pytest.approx(1 / 64) and fig["ratio"]["mean"] == pytest.approx(5 / 3)
+    assert fig["p_reverse"] == 1.0  # no seed the other way
     assert not fig["fallback_used"]
 
 
