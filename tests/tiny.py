@@ -1,6 +1,7 @@
 """A tiny, fast training setup shared by the training and flow tests."""
 
 import atexit
+import functools
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,15 @@ def tiny_params(**train) -> dict:
     }
 
 
-_EMPTY_STORE: list[Path] = []  # this process's empty, migrated MLflow store, built on first use
+@functools.cache
+def _empty_store() -> Path:
+    """This process's empty, migrated MLflow store, made on first use and removed at exit."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    where = Path(tempfile.mkdtemp(prefix="alexnet-empty-mlflow-"))
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    SqlAlchemyStore(f"sqlite:///{where / 'mlflow.db'}", str(where / "artifacts")).engine.dispose()
+    return where / "mlflow.db"
 
 
 def sqlite_store(folder: Path) -> str:
@@ -33,16 +42,9 @@ def sqlite_store(folder: Path) -> str:
     the tests' stores copy one made once per test process instead: the same empty schema, the same
     default experiment. A store already there is kept (several runs into one project).
     """
-    if not _EMPTY_STORE:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        where = Path(tempfile.mkdtemp(prefix="alexnet-empty-mlflow-"))
-        atexit.register(shutil.rmtree, where, ignore_errors=True)
-        SqlAlchemyStore(f"sqlite:///{where / 'mlflow.db'}", str(where / "artifacts")).engine.dispose()
-        _EMPTY_STORE.append(where / "mlflow.db")
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "mlflow.db").exists():
-        shutil.copyfile(_EMPTY_STORE[0], folder / "mlflow.db")
+        shutil.copyfile(_empty_store(), folder / "mlflow.db")
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
