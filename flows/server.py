@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from alexnet.core.cli import InputError
@@ -75,31 +76,44 @@ def check_prefect_home(home: Path | None = None) -> Path:
     return home
 
 
-def own_api_server(timeout: float = STARTUP_TIMEOUT_S, project: Path | None = None) -> str | None:
-    """Start the stage's own Prefect API server and set PREFECT_API_URL to it; its URL, or None if
-    one is configured already (or this is not Linux, or prefect is imported already: Prefect's own then).
+def own_api_server(timeout: float = STARTUP_TIMEOUT_S, project: Path | None = None) -> Callable[[], None]:
+    """Start the stage's own Prefect API server and set PREFECT_API_URL to it; return `ready`, which
+    waits until the server answers (or raises RuntimeError). A no-op `ready` if a server is configured
+    already (or this is not Linux, or prefect is imported already: Prefect's own then).
 
-    `project` (default: the working directory, where `dvc repro` runs a stage) holds its database."""
+    The server takes seconds to start, as do the imports of the stage's flow (Prefect, MLflow): the
+    stage imports its flow between the two calls, so they overlap. `project` (default: the working
+    directory, where `dvc repro` runs a stage) holds its database."""
     if os.environ.get("PREFECT_API_URL"):
-        return None
+        return _nothing
     if not sys.platform.startswith("linux") or "prefect" in sys.modules:
         log.warning("Prefect's temporary server is not owned by this stage (%s): a killed stage may leave it "
                     "running", "not Linux" if not sys.platform.startswith("linux") else "prefect already imported")
-        return None
+        return _nothing
     home = check_prefect_home(server_home(project))
-    proc, url = start_api_server(home, timeout)
-    os.environ["PREFECT_API_URL"] = url
+    proc, url = launch_api_server(home)
+    os.environ["PREFECT_API_URL"] = url  # before prefect is imported: it reads its settings once
     # The flow's "View at" link: the UI the README starts over the same database, not this server (no UI, gone soon).
     os.environ.setdefault("PREFECT_UI_URL", WATCH_UI_URL)
     log.info("Prefect API server of this stage: %s (pid %d, ends with the stage), database in %s", url, proc.pid,
              home)
-    return url
+    return lambda: wait_healthy(proc, url, timeout)
+
+
+def _nothing() -> None:
+    pass
 
 
 def start_api_server(home: Path, timeout: float = STARTUP_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
+    """`launch_api_server`, then wait for it: (process, API URL) once it answers /health, or RuntimeError."""
+    proc, url = launch_api_server(home)
+    wait_healthy(proc, url, timeout)
+    return proc, url
+
+
+def launch_api_server(home: Path) -> tuple[subprocess.Popen, str]:
     """Prefect's API server (no UI) on a free loopback port, its database in `home`, as a child of this
-    process that gets SIGTERM when this process dies and is stopped at exit: (process, API URL) once it
-    answers /health, or RuntimeError."""
+    process that gets SIGTERM when this process dies and is stopped at exit: (process, API URL), at once."""
     spec = importlib.util.find_spec("prefect")
     app_dir = Path(spec.origin).parent.parent  # as SubprocessASGIServer passes prefect.__module_path__.parent
     port = free_port()
@@ -115,18 +129,23 @@ def start_api_server(home: Path, timeout: float = STARTUP_TIMEOUT_S) -> tuple[su
         start_new_session=True,  # out of the stage's process group: a group SIGTERM must leave the flow its server
     )
     atexit.register(stop_server, proc)  # a normal exit stops it at once; a kill leaves it to the kernel's signal
-    url = f"http://127.0.0.1:{port}/api"
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Return once the server at `url` answers /health; RuntimeError (the server stopped) if it exits
+    or has not answered within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"the Prefect API server on port {port} exited with code {proc.returncode}")
+            raise RuntimeError(f"the Prefect API server at {url} exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    return proc, url
+                    return
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
             stop_server(proc)
             raise RuntimeError(f"the Prefect API server did not answer {url}/health within {timeout:.0f} s")
-        time.sleep(0.2)
+        time.sleep(0.1)

@@ -36,9 +36,10 @@ def work(params: Params, args: argparse.Namespace) -> None:
         verify_file(model)  # damaged weights are refused by name here, not inside a task
     from flows.server import own_api_server
 
-    own_api_server()  # Prefect's temporary server as this stage's child: it dies with the stage, even on kill -9
-    from flows.evaluate_ensemble import evaluate_ensemble_flow
+    ready = own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
+    from flows.evaluate_ensemble import evaluate_ensemble_flow  # imported while the server starts
 
+    ready()
     evaluate_ensemble_flow(params, EvalPaths(
         prepared=Path(args.prepared), shards=Path(args.shards), models=Path(args.models),
         reports=Path(args.reports), metrics=Path(args.metrics), tracking_state=Path(args.tracking_state)))

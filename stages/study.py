@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_study(args.study)  # every variant's params checked before any work
         from flows.server import own_api_server
 
-        own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
-        from flows.study import study
+        ready = own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
+        from flows.study import study  # imported while the server starts
 
+        ready()
         with exclusive(Path(args.work), "study", wait_s=GRACE_S + 10):
             signals.run_beside(lambda: study(spec, StudyPaths(root=Path.cwd(), work=Path(args.work),
                                                               out=Path(args.out))))

@@ -81,9 +81,12 @@ def train(params: Params, args: argparse.Namespace) -> None:
             return
         from flows.server import own_api_server
 
-        own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
+        ready = own_api_server()  # Prefect's temporary server as the stage's child: it dies with it, even on kill -9
+        import mlflow  # noqa: F401 - the flow's first task needs it: imported, as the flow is, while the server starts
+
         from flows.train_ensemble import run_train_flow
 
+        ready()
         retries = 0 if ranks.parallel else None
         signals.run_beside(lambda: run_train_flow(params, paths, should_stop=signals.stop_requested, retries=retries))
 
