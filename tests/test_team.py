@@ -50,6 +50,19 @@ def _gone(pid: int, wait: float = 30.0) -> bool:
         time.sleep(0.2)
 
 
+def _group_commands(pgid: int) -> list[str]:
+    """The command lines of the processes in process group `pgid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            if proc.name.isdigit() and int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _flow_names(prefect_api: str) -> set[str]:
     request = urllib.request.Request(f"{prefect_api}/flows/filter", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -82,6 +95,8 @@ def test_servers_on_postgres_track_two_ensembles_and_move_champion(own_tmp):
             assert uri == f"http://127.0.0.1:{mlflow_port}"
             assert f"MLFLOW_TRACKING_URI={uri}" in started.stdout
             assert _run([*servers, "status", *common]).stdout.count("healthy") == 2
+            # MLflow's job consumers (GenAI jobs, unused here) are not started beside the server.
+            assert not [c for c in _group_commands(record["servers"]["mlflow"]["pid"]) if "huey" in c]
 
             # The stages' flows report to the team's Prefect server, not an ephemeral one.
             env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}

@@ -125,7 +125,11 @@ def _commands(args: argparse.Namespace, db: Database, state: Path) -> dict[str, 
               "--artifacts-destination", artifacts]
     if args.mlflow_workers:
         mlflow += ["--workers", str(args.mlflow_workers)]
-    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": db.url(args.mlflow_db)}
+    # MLflow's server-side jobs (GenAI evaluation, trace roll-ups) serve nothing of this pipeline, and
+    # each start would add half a dozen job-consumer processes, each a Python with MLflow imported;
+    # off unless the team set MLFLOW_SERVER_ENABLE_JOB_EXECUTION itself.
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": db.url(args.mlflow_db), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
+                  os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     if args.auth_config:
         config = Path(args.auth_config).resolve()
         if not config.is_file():

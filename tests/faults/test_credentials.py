@@ -52,7 +52,9 @@ def auth_server(tmp_path_factory):
                       f"admin_password = {PASSWORD}\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only"}
+    # As alexnet/team/servers.py starts it: without MLflow's job consumers (processes nothing here uses).
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for name in ("MLFLOW_TRACKING_URI", ENV_USER, ENV_PASSWORD):
         env.pop(name, None)
     log = open(root / "server.log", "wb")
