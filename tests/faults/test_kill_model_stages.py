@@ -18,6 +18,10 @@ import pytest
 import torch
 import yaml
 
+from alexnet.config.params import parse_params
+from alexnet.pipeline.evaluate import member_models, predict_member_files, write_reports
+from alexnet.pipeline.paths import EvalPaths
+from alexnet.training.member import train_member
 from tests.procs import alive
 from tests.tiny import build_tiny_data, sqlite_store, tiny_params
 
@@ -96,13 +100,27 @@ def figures(project: Path) -> dict:
     return json.loads((project / "metrics.json").read_text())
 
 
+def unbroken_run(project: Path, data: Path) -> None:
+    """The reference, trained and evaluated in this process by the library functions the stages run (the
+    stage trains member 0 with the same params and seed to the same weights: tests/faults/test_signals.py
+    compares the two); its metrics.json is the evaluate stage's file, without the MLflow logging."""
+    params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
+    train_member(0, params, prepared_dir=data / "prepared", shards_dir=data / "shards",
+                 models_dir=project / "models", history_dir=project / "history", checkpoints_dir=project / "ckpt",
+                 progress=False)
+    paths = EvalPaths(prepared=data / "prepared", shards=data / "shards", models=project / "models",
+                      reports=project / "reports", metrics=project / "metrics.json",
+                      tracking_state=project / "models" / "tracking.json")
+    models = member_models(params, paths.models)
+    write_reports({name: predict_member_files(path, params, paths) for name, path in models.items()}, paths)
+
+
 def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_path):
     if not Path("/proc/self/environ").exists():
         pytest.skip("needs /proc to find the stage's processes")
     data = build_tiny_data(tmp_path / "data")
     token = uuid.uuid4().hex
-    shared = {**os.environ, "PYTHONPATH": str(REPO)}  # the unbroken reference: the test session's Prefect server
-    env = {**shared, MARKER: token}
+    env = {**os.environ, "PYTHONPATH": str(REPO), MARKER: token}
     env.pop("PREFECT_API_URL", None)  # as a user runs it: the stage's own temporary server, one process to check
     projects = {}
     for name in ("unbroken", "killed"):
@@ -113,8 +131,7 @@ def test_train_and_evaluate_killed_mid_work_rerun_to_the_unbroken_outputs(tmp_pa
         (project / "params.yaml").write_text(yaml.safe_dump(raw))
 
     a, b = projects["unbroken"], projects["killed"]
-    run("train", a, data, shared)
-    run("evaluate", a, data, shared)
+    unbroken_run(a, data)
 
     # Killed once epoch 1's checkpoint is written, during epoch 2: the rerun resumes from it.
     run("train", b, data, env, kill_when=lambda: b"wrote checkpoint" in (b / "train.log").read_bytes(),
