@@ -90,25 +90,37 @@ def data(tmp_path_factory) -> Path:
     return build_tiny_data(tmp_path_factory.mktemp("tiny-data"))
 
 
-# The files that take longest, longest first (`pytest --durations` under `make test`; figures in
-# docs/results.md). `make test` hands whole files to its workers in collection order
-# (--no-loadscope-reorder), so no long file starts last with the other workers idle, as xdist's
-# default (files with many tests first) allows. It bounds the tail; it does not shorten a suite
-# whose workers are busy throughout (measured: no gain).
+# Every file that takes 15 s or more, longest first (seconds summed over its tests under `make test`,
+# `pytest --durations=0`; docs/results.md). `make test` hands whole files to its workers in this
+# order (--no-loadscope-reorder) and the rest after them, so that no long file starts last while
+# the other workers go idle: xdist's default (files with many tests first) let test_watch.py's 110 s
+# start at 650 s, the last 110 s with one core idle. A file missing here runs among the short ones.
 LONGEST_FIRST = (
-    "tests/test_team.py",
-    "tests/faults/test_kill_model_stages.py",
-    "tests/faults/test_signals.py",
-    "tests/test_ray.py",
-    "tests/test_study.py",
-    "tests/faults/test_credentials.py",
-    "tests/test_nightly.py",
-    "tests/faults/test_tracking_faults.py",
-    "tests/test_ddp.py",
-    "tests/test_sweep.py",
-    "tests/test_ensemble.py",
-    "tests/faults/test_dvc_exp_temp.py",
-    "tests/test_flows.py",
+    "tests/test_team.py",  # 244
+    "tests/faults/test_signals.py",  # 191
+    "tests/faults/test_kill_model_stages.py",  # 150
+    "tests/test_ray.py",  # 136
+    "tests/test_nightly.py",  # 133
+    "tests/test_watch.py",  # 110
+    "tests/faults/test_credentials.py",  # 108
+    "tests/test_ddp.py",  # 102
+    "tests/test_study.py",  # 67
+    "tests/test_sweep.py",  # 67
+    "tests/faults/test_tracking_faults.py",  # 61
+    "tests/test_train.py",  # 52
+    "tests/faults/test_dvc_exp_temp.py",  # 48
+    "tests/test_imagenet_profiles.py",  # 46
+    "tests/test_serving.py",  # 41
+    "tests/test_flows.py",  # 41
+    "tests/test_ensemble.py",  # 37
+    "tests/test_tracking.py",  # 37
+    "tests/test_heap.py",  # 34
+    "tests/test_closure.py",  # 31
+    "tests/test_device_finish.py",  # 22
+    "tests/faults/test_dvc_cache.py",  # 20
+    "tests/faults/test_weights_integrity.py",  # 20
+    "tests/faults/test_kill_data_stages.py",  # 18
+    "tests/faults/test_disk_full.py",  # 16
 )
 
 
