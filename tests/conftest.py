@@ -1,6 +1,7 @@
 """Test-session isolation, and shared fixtures: a tiny synthetic tree and its prepared index."""
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -51,7 +52,7 @@ def shared_prefect_server(request, tmp_path_factory):
         return
     from flows.server import start_api_server, stop_server
 
-    proc, url = start_api_server(tmp_path_factory.mktemp("prefect-server"))
+    proc, url = _first_or_seeded_server(tmp_path_factory, start_api_server)
     os.environ["PREFECT_API_URL"] = url
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -59,6 +60,28 @@ def shared_prefect_server(request, tmp_path_factory):
         yield url
     os.environ.pop("PREFECT_API_URL", None)
     stop_server(proc)
+
+
+def _first_or_seeded_server(factory, start):
+    """This process's server: the session's first migrates a new database, which becomes the template
+    the others' and the stages' homes copy (tests/tiny.prefect_home); the pytest workers of one
+    session share it (xdist's run id names it beside their temporary folders)."""
+    from tests.tiny import PREFECT_TEMPLATE_ENV, prefect_home, save_prefect_template
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    template = factory.getbasetemp().parent / f"prefect-template-{run}" if run else factory.mktemp("prefect-template")
+    home = factory.mktemp("prefect-server")
+    with open(f"{template}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first's database, then copy it
+        first = not (template / "prefect.db").exists()
+        if not first:
+            os.environ[PREFECT_TEMPLATE_ENV] = str(template)
+            prefect_home(home)
+        proc, url = start(home)
+        if first:
+            save_prefect_template(home, template)
+            os.environ[PREFECT_TEMPLATE_ENV] = str(template)
+    return proc, url
 
 
 # 3 classes x (4 train + 2 val): room for every train-split quirk, and seconds to generate.

@@ -27,7 +27,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from alexnet.core.processes import free_port
-from tests.tiny import tiny_params
+from tests.tiny import prefect_home, tiny_params
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,7 @@ def project(tmp_path_factory):
     (base / "home").mkdir()
     root = copy_checkout(base / "project")
     tiny_demo_params(root / "params.yaml")
+    prefect_home(root / ".prefect")  # git-ignored: the stages' own servers' home, its database migrated
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "tiny params"], cwd=root, check=True)
     env = user_env(base / "home")

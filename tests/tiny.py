@@ -2,7 +2,9 @@
 
 import atexit
 import functools
+import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +48,42 @@ def sqlite_store(folder: Path) -> str:
     if not (folder / "mlflow.db").exists():
         shutil.copyfile(_empty_store(), folder / "mlflow.db")
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+# The test session's empty, migrated Prefect database (tests/conftest.py sets it once its first server is up).
+PREFECT_TEMPLATE_ENV = "ALEXNET_TESTS_PREFECT_TEMPLATE"
+PREFECT_FILES = ("prefect.db", "memo_store.toml")  # the database; the hash of the block types it registered
+
+
+def prefect_home(folder: Path) -> Path:
+    """`folder`, a Prefect server's home, holding a copy of the session's empty database if it has none.
+
+    A Prefect server on a new home runs every schema migration and registers its block types before
+    it answers (about 5 s of CPU of its 9). Tests whose stages start their own server in a new
+    project give it this copy instead, as a project's second `dvc repro` finds its own database; the
+    session's first server migrates a new one (tests/conftest.py). Without a template: nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = os.environ.get(PREFECT_TEMPLATE_ENV)
+    if template and not (folder / "prefect.db").exists():
+        for name in PREFECT_FILES:
+            if (Path(template) / name).exists():
+                shutil.copyfile(Path(template) / name, folder / name)
+    return folder
+
+
+def save_prefect_template(home: Path, template: Path) -> None:
+    """A consistent copy of a running server's database (SQLite's backup: the write-ahead log
+    included) and its block-type hash into `template`, for `prefect_home`."""
+    template.mkdir(parents=True, exist_ok=True)
+    source, copy = sqlite3.connect(home / "prefect.db"), sqlite3.connect(template / "prefect.db.partial")
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    if (home / "memo_store.toml").exists():
+        shutil.copyfile(home / "memo_store.toml", template / "memo_store.toml")
+    os.replace(template / "prefect.db.partial", template / "prefect.db")  # last: its presence means complete
 
 
 def build_tiny_data(root: Path) -> Path:

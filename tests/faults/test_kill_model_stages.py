@@ -23,7 +23,7 @@ from alexnet.pipeline.evaluate import member_models, predict_member_files, write
 from alexnet.pipeline.paths import EvalPaths
 from alexnet.training.member import train_member
 from tests.procs import alive
-from tests.tiny import build_tiny_data, sqlite_store, tiny_params
+from tests.tiny import build_tiny_data, prefect_home, sqlite_store, tiny_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +162,7 @@ def test_a_killed_study_stage_leaves_no_process(tmp_path):
     raw = tiny_params(epochs=50)  # far longer than the test waits
     raw["tracking"] = {"uri": sqlite_store(tmp_path), "experiment": "kill-study"}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    prefect_home(tmp_path / ".prefect")  # the stage's own server's home (flows/server.py), its database migrated
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(
         {"name": "kill", "base": str(tmp_path / "base.yaml"), "seeds": [0], "variants": {"baseline": {}}}))
     # Killed once a run has written a checkpoint: the flow is under way on the stage's server. The

@@ -24,7 +24,7 @@ from alexnet.core.cli import InputError
 from alexnet.core.locks import exclusive
 from alexnet.training.member import train_member
 from tests.faults.test_kill_model_stages import MARKER, marked, no_leaks
-from tests.tiny import build_tiny_data, sqlite_store, tiny_params
+from tests.tiny import build_tiny_data, prefect_home, sqlite_store, tiny_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ STOPPED_WITHIN_S = 30  # a tiny step takes milliseconds; the rest is the flow re
 
 
 def dvc_project(root: Path, data: Path) -> Path:
-    root.mkdir()
+    prefect_home(root / ".prefect")  # the stage's own server's home (flows/server.py), its database migrated
     raw = tiny_params(epochs=16)  # enough left to interrupt after the first checkpoint
     raw["tracking"] = {"uri": sqlite_store(root), "experiment": "signals"}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
