@@ -35,6 +35,9 @@ baseline). `resize_center_crop` returns the same bytes faster, with no tolerance
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -115,19 +118,44 @@ def central_square_patch(img: Image.Image, size: int) -> Image.Image:
 RESIZES = {"torchvision": resize_center_crop, "central_square": central_square_patch}
 
 
-@contextmanager
-def no_pillow_limit() -> Iterator[None]:
-    """Pillow's decompression-bomb check off inside the block (restored after).
+class _PillowLimitOff:
+    """Pillow's limit off while any thread is inside `no_pillow_limit`, restored when the last leaves.
+
+    Saving and restoring it per block is not enough with threads (Dask's, a server's): a block
+    entered while another has it off saves None, and restores None for good when it leaves last."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a fork never inherits the lock held by a thread
+
+    def _reset(self) -> None:
+        self.lock, self.inside, self.saved = threading.Lock(), 0, None
+
+    @contextmanager
+    def block(self) -> Iterator[None]:
+        with self.lock:
+            if self.inside == 0:
+                self.saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            self.inside += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.inside -= 1
+                if self.inside == 0:
+                    Image.MAX_IMAGE_PIXELS = self.saved
+
+
+_PILLOW_LIMIT_OFF = _PillowLimitOff()
+
+
+def no_pillow_limit() -> contextlib.AbstractContextManager[None]:
+    """Pillow's decompression-bomb check off inside the block (restored after the last thread leaves).
 
     Pillow's check is one process-wide setting (it warns above it and raises above twice it).
     The pipeline's limit is a param, data.max_image_pixels, that open_image checks on each image
     instead, so the same limit holds in every process (pool and Dask workers) and exactly at it."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    return _PILLOW_LIMIT_OFF.block()
 
 
 class TooManyPixels(ValueError):

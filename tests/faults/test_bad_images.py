@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from alexnet.config.params import parse_params
 from alexnet.config.sections import DataParams, PreprocessParams
 from alexnet.core.layout import DATASET_FILE, INDEX_FILE, MANIFEST_FILE, QUALITY_REPORT_FILE
+from alexnet.data.imageops import no_pillow_limit
 from alexnet.data.prepare import BadImageError, prepare
 from alexnet.data.preprocess import preprocess
 from stages.prepare import main as prepare_main
@@ -105,6 +107,34 @@ def test_the_limit_is_a_param_applied_in_the_workers(tmp_path, workers):
     assert len(index) == 8
     assert dataset["max_image_pixels"] == 1000
     assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT  # the process's own setting is left alone
+
+
+def test_threads_overlapping_in_no_pillow_limit_leave_pillows_limit_as_it_was():
+    """Thread A turns the limit off, B enters, A leaves (B still decoding: the limit stays off), B
+    leaves: Pillow's limit is back. Saved and restored per block, B saved None and left it for good."""
+    entered, a_left, observed = threading.Event(), threading.Event(), []
+
+    def a():
+        with no_pillow_limit():
+            entered.set()
+            b_inside.wait(timeout=10)
+        a_left.set()
+
+    def b():
+        entered.wait(timeout=10)
+        with no_pillow_limit():
+            b_inside.set()
+            a_left.wait(timeout=10)
+            observed.append(Image.MAX_IMAGE_PIXELS)  # A has left; B still decodes
+
+    b_inside = threading.Event()
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert observed == [None]
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT
 
 
 @pytest.mark.parametrize("workers", [1, 2])
