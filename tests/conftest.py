@@ -74,13 +74,10 @@ def _first_or_seeded_server(factory, start):
     with open(f"{template}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first's database, then copy it
         first = not (template / "prefect.db").exists()
-        if not first:
-            os.environ[PREFECT_TEMPLATE_ENV] = str(template)
-            prefect_home(home)
-        proc, url = start(home)
+        os.environ[PREFECT_TEMPLATE_ENV] = str(template)  # read by prefect_home, which copies none while it is absent
+        proc, url = start(prefect_home(home))
         if first:
             save_prefect_template(home, template)
-            os.environ[PREFECT_TEMPLATE_ENV] = str(template)
     return proc, url
 
 

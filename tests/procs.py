@@ -18,10 +18,28 @@ def alive(pid: int | str) -> bool:
 
 def children(pid: int) -> set[int]:
     """The pids whose parent is `pid`."""
+    return _where(1, pid)
+
+
+def group(pgid: int) -> set[int]:
+    """The pids in process group `pgid`."""
+    return _where(2, pgid)
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, its arguments joined by spaces ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _where(field: int, value: int) -> set[int]:
+    """The pids whose stat field `field` (after the command name: 1 ppid, 2 pgrp) is `value`."""
     found = set()
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and int(stat_fields(proc.name)[1]) == pid:
+            if proc.name.isdigit() and int(stat_fields(proc.name)[field]) == value:
                 found.add(int(proc.name))
         except (OSError, IndexError, ValueError):
             continue

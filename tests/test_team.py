@@ -18,6 +18,7 @@ from pg import free_port, postgres_cluster
 
 from alexnet.config.params import parse_params
 from alexnet.tracking.lifecycle import registered_name
+from tests.procs import command_line, group
 from tests.tiny import build_tiny_data, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,19 +49,6 @@ def _gone(pid: int, wait: float = 30.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
-
-
-def _group_commands(pgid: int) -> list[str]:
-    """The command lines of the processes in process group `pgid`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            stat = (proc / "stat").read_text()
-            if proc.name.isdigit() and int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def _flow_names(prefect_api: str) -> set[str]:
@@ -96,7 +84,7 @@ def test_servers_on_postgres_track_two_ensembles_and_move_champion(own_tmp):
             assert f"MLFLOW_TRACKING_URI={uri}" in started.stdout
             assert _run([*servers, "status", *common]).stdout.count("healthy") == 2
             # MLflow's job consumers (GenAI jobs, unused here) are not started beside the server.
-            assert not [c for c in _group_commands(record["servers"]["mlflow"]["pid"]) if "huey" in c]
+            assert not [c for c in map(command_line, group(record["servers"]["mlflow"]["pid"])) if "huey" in c]
 
             # The stages' flows report to the team's Prefect server, not an ephemeral one.
             env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from alexnet.core.layout import DATASET_FILE, IMAGES_DIR, MANIFEST_FILE
-from tests.procs import stat_fields
+from tests.procs import command_line, group, stat_fields
 
 pytestmark = pytest.mark.slow  # each test starts several stage processes
 
@@ -54,14 +54,13 @@ def run_to_end(cmd: list[str]) -> None:
 def live_group(pgid: int) -> list[str]:
     """'pid state command' of each process in group `pgid` that is not a zombie."""
     out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in sorted(group(pgid)):
         try:
-            state, _ppid, group = stat_fields(pid)[:3]
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = stat_fields(pid)[0]
         except OSError:  # gone meanwhile
             continue
-        if int(group) == pgid and state != "Z":  # a zombie is dead, waiting for init to reap it
-            out.append(f"{pid} {state} {cmd[:120]}")
+        if state != "Z":  # a zombie is dead, waiting for init to reap it
+            out.append(f"{pid} {state} {command_line(pid)[:120]}")
     return out
 
 

@@ -22,7 +22,7 @@ from alexnet.config.params import parse_params
 from alexnet.pipeline.evaluate import member_models, predict_member_files, write_reports
 from alexnet.pipeline.paths import EvalPaths
 from alexnet.training.member import train_member
-from tests.procs import alive
+from tests.procs import alive, command_line
 from tests.tiny import build_tiny_data, prefect_home, sqlite_store, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def marked(token: str) -> dict[int, str]:
         try:
             environ = (proc / "environ").read_bytes().split(b"\0")
             if f"{MARKER}={token}".encode() in environ and alive(proc.name):
-                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(proc.name)] = command_line(int(proc.name))
         except OSError:
             continue
     return found
